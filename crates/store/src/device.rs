@@ -1,0 +1,182 @@
+//! Block devices: the byte-addressed backing store under everything (an image file, a raw block
+//! device, or memory for tests).
+//!
+//! Devices are positional and take `&self`, so readers and a committing writer can share one
+//! device across threads. `flush` is the only durability point: a write that returned is not
+//! durable until a later `flush` returns.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::RwLock;
+
+use crate::error::{Error, Result};
+
+/// A byte-addressed device with an explicit durability barrier.
+pub trait BlockDevice: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Writes all of `buf` at `offset`. Not durable until [`BlockDevice::flush`] returns.
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Makes every write that returned before this call durable.
+    fn flush(&self) -> Result<()>;
+    /// The device's size in bytes.
+    fn size(&self) -> u64;
+}
+
+fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
+    let len = len as u64;
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfRange { offset, len, size }),
+    }
+}
+
+/// An image file or a raw block device node.
+#[derive(Debug)]
+pub struct FileDevice {
+    file: File,
+    size: u64,
+}
+
+impl FileDevice {
+    /// Creates (or truncates) a sparse image file of `size` bytes.
+    pub fn create(path: &Path, size: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("create image {}", path.display()), e))?;
+        file.set_len(size)
+            .map_err(|e| Error::io(format!("size image {}", path.display()), e))?;
+        Ok(FileDevice { file, size })
+    }
+
+    /// Opens an existing image file or block device. The size of a block device is found by
+    /// seeking to its end, which works where `metadata().len()` reports 0.
+    pub fn open(path: &Path, writable: bool) -> Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::io(format!("size of {}", path.display()), e))?;
+        Ok(FileDevice { file, size })
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len(), self.size)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(format!("read {} bytes at {offset}", buf.len()), e))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len(), self.size)?;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io(format!("write {} bytes at {offset}", buf.len()), e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io("flush", e))
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// A device in memory, for tests and the crash harness.
+#[derive(Debug)]
+pub struct MemDevice {
+    bytes: RwLock<Vec<u8>>,
+}
+
+impl MemDevice {
+    /// A zero-filled device of `size` bytes.
+    pub fn new(size: usize) -> Self {
+        MemDevice {
+            bytes: RwLock::new(vec![0; size]),
+        }
+    }
+
+    /// A device holding a copy of `image`.
+    pub fn from_bytes(image: Vec<u8>) -> Self {
+        MemDevice {
+            bytes: RwLock::new(image),
+        }
+    }
+
+    /// A copy of the whole device.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.bytes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let bytes = self.bytes.read().unwrap_or_else(|p| p.into_inner());
+        check_range(offset, buf.len(), bytes.len() as u64)?;
+        let start = offset as usize;
+        buf.copy_from_slice(&bytes[start..start + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let mut bytes = self.bytes.write().unwrap_or_else(|p| p.into_inner());
+        check_range(offset, buf.len(), bytes.len() as u64)?;
+        let start = offset as usize;
+        bytes[start..start + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.bytes.read().unwrap_or_else(|p| p.into_inner()).len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_device_round_trip_and_bounds() {
+        let dev = MemDevice::new(8192);
+        dev.write_at(b"hello", 4090).unwrap();
+        let mut buf = [0u8; 5];
+        dev.read_at(&mut buf, 4090).unwrap();
+        assert_eq!(&buf, b"hello");
+        assert!(matches!(
+            dev.write_at(b"xx", 8191),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(dev.read_at(&mut buf, u64::MAX - 1).is_err());
+    }
+
+    #[test]
+    fn file_device_persists_across_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let dev = FileDevice::create(&path, 1 << 20).unwrap();
+        dev.write_at(&[7u8; 4096], 8192).unwrap();
+        dev.flush().unwrap();
+        drop(dev);
+        let dev = FileDevice::open(&path, false).unwrap();
+        assert_eq!(dev.size(), 1 << 20);
+        let mut buf = [0u8; 4096];
+        dev.read_at(&mut buf, 8192).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+    }
+}
