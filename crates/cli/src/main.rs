@@ -9,7 +9,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cowcrypt", version, about = "A copy-on-write filesystem with per-extent encryption")]
+#[command(
+    name = "cowcrypt",
+    version,
+    about = "A copy-on-write filesystem with per-extent encryption"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

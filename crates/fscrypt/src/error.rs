@@ -30,6 +30,12 @@ pub enum Error {
     /// Stored encrypted data that cannot be valid (EUCLEAN in Linux).
     #[error("corrupt encrypted data: {0}")]
     Corrupt(String),
+    /// The caller lacks the privilege for this operation (EACCES).
+    #[error("permission denied: {0}")]
+    PermissionDenied(&'static str),
+    /// The user's key quota is exhausted (EDQUOT).
+    #[error("key quota exceeded")]
+    QuotaExceeded,
     /// The OS random number generator failed.
     #[error("random number generator failed")]
     Rng,
@@ -50,11 +56,13 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::Invalid { .. } | Error::BadLength { .. } | Error::BadKeySize(_) => 22, // EINVAL
-            Error::UnsupportedMode(_) => 22,                                            // EINVAL
-            Error::NoKey => 126,                                                        // ENOKEY
-            Error::NameTooLong { .. } => 36, // ENAMETOOLONG
-            Error::Corrupt(_) => 117,        // EUCLEAN
-            Error::Rng => 5,                 // EIO
+            Error::UnsupportedMode(_) => 22,                                              // EINVAL
+            Error::NoKey => 126,                                                          // ENOKEY
+            Error::NameTooLong { .. } => 36,  // ENAMETOOLONG
+            Error::Corrupt(_) => 117,         // EUCLEAN
+            Error::PermissionDenied(_) => 13, // EACCES
+            Error::QuotaExceeded => 122,      // EDQUOT
+            Error::Rng => 5,                  // EIO
         }
     }
 }

@@ -19,8 +19,8 @@
 #![forbid(unsafe_code)]
 
 pub mod common;
-pub mod context;
 pub mod contents;
+pub mod context;
 pub mod cts;
 pub mod error;
 pub mod extent;

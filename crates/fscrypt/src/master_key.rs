@@ -50,9 +50,8 @@ impl FromStr for KeyIdentifier {
         }
         let mut out = [0u8; KEY_IDENTIFIER_SIZE];
         for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| {
-                Error::invalid("key identifier", "expected 32 hexadecimal digits")
-            })?;
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+                .map_err(|_| Error::invalid("key identifier", "expected 32 hexadecimal digits"))?;
         }
         Ok(KeyIdentifier(out))
     }
@@ -119,7 +118,10 @@ mod tests {
         );
         let raw32: Vec<u8> = (1..=32).collect();
         assert_eq!(
-            MasterKey::from_raw(&raw32).unwrap().identifier().to_string(),
+            MasterKey::from_raw(&raw32)
+                .unwrap()
+                .identifier()
+                .to_string(),
             "0ce1cb43a5ed41b2b8b82349b30bb750"
         );
     }
