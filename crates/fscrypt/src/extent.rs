@@ -4,10 +4,17 @@
 //! extents therefore stay readable without re-encryption, and every extent describes itself, so
 //! scrub, relocation and send need no inode and no key.
 
+use std::sync::Arc;
+
+use crate::common::CryptCommon;
+use crate::contents::ContentsCipher;
 use crate::context::{NONCE_SIZE, random_nonce};
 use crate::error::{Error, Result};
+use crate::hkdf::CONTEXT_PER_EXTENT_ENC_KEY;
+use crate::keyring::DerivedSlot;
+use crate::keysetup;
 use crate::master_key::KeyIdentifier;
-use crate::policy::{ContentsMode, PolicyV2};
+use crate::policy::{ContentsMode, IvScheme, PolicyV2};
 
 /// Version 1: the 34-byte layout of the btrfs v7 series (`fscrypt_extent_context`).
 pub const EXTENT_CONTEXT_V1: u8 = 1;
@@ -112,6 +119,82 @@ impl ExtentContext {
     /// The extent's nonce.
     pub fn nonce(&self) -> &[u8; NONCE_SIZE] {
         &self.nonce
+    }
+}
+
+/// The crypt state of one extent: its context and its prepared contents key. Built when an
+/// extent is written (fresh nonce) or read (stored context), always from an inode's
+/// [`CryptCommon`], so the key exists only while some open file pins its master key.
+#[derive(Debug, Clone)]
+pub struct ExtentCryptInfo {
+    common: CryptCommon,
+    context: ExtentContext,
+    cipher: Arc<ContentsCipher>,
+    data_unit_bits: u8,
+}
+
+impl ExtentCryptInfo {
+    /// The crypt state of a new extent: a fresh nonce, its own derived key.
+    pub fn new_extent(common: &CryptCommon, block_size_bits: u8) -> Result<Self> {
+        let context = ExtentContext::new_random(common.policy())?;
+        Self::load(common, &context, block_size_bits)
+    }
+
+    /// The crypt state of a stored extent, refused unless it belongs to the inode's policy.
+    pub fn load(common: &CryptCommon, context: &ExtentContext, block_size_bits: u8) -> Result<Self> {
+        let policy = common.policy();
+        if policy.iv_scheme() != IvScheme::PerFileKey {
+            return Err(Error::invalid(
+                "policy",
+                "per-extent encryption supports neither DIRECT_KEY nor IV_INO_LBLK_*",
+            ));
+        }
+        context.check_matches(policy)?;
+        let slot = DerivedSlot {
+            context: CONTEXT_PER_EXTENT_ENC_KEY,
+            info: context.nonce.to_vec(),
+        };
+        let mode = context.contents_mode;
+        let cipher = common.key().derived(&slot, |mk| {
+            let key = keysetup::per_extent_key(mk, &mode.info(), &context.nonce)?;
+            ContentsCipher::new(mode, &key)
+        })?;
+        Ok(ExtentCryptInfo {
+            common: common.clone(),
+            context: *context,
+            cipher,
+            data_unit_bits: policy.data_unit_bits(block_size_bits),
+        })
+    }
+
+    /// The extent's on-disk context.
+    pub fn context(&self) -> &ExtentContext {
+        &self.context
+    }
+
+    /// The policy and master key pin this extent was set up under.
+    pub fn common(&self) -> &CryptCommon {
+        &self.common
+    }
+
+    /// The data unit size in bytes.
+    pub fn data_unit_size(&self) -> usize {
+        1 << self.data_unit_bits
+    }
+
+    /// Encrypts whole data units in place; `offset_in_extent` is where `data` starts inside the
+    /// extent, which fixes the first data unit's IV.
+    pub fn encrypt(&self, offset_in_extent: u64, data: &mut [u8]) -> Result<()> {
+        let first = data_unit_index(offset_in_extent, self.data_unit_bits)?;
+        self.cipher
+            .encrypt_units(first, self.data_unit_size(), data)
+    }
+
+    /// Decrypts whole data units in place (see [`ExtentCryptInfo::encrypt`]).
+    pub fn decrypt(&self, offset_in_extent: u64, data: &mut [u8]) -> Result<()> {
+        let first = data_unit_index(offset_in_extent, self.data_unit_bits)?;
+        self.cipher
+            .decrypt_units(first, self.data_unit_size(), data)
     }
 }
 
