@@ -6,8 +6,16 @@
 //! layer above, the way blk-crypto serves Linux filesystems.
 #![forbid(unsafe_code)]
 
+pub mod checksum;
+pub mod chunk;
+pub mod data_io;
 pub mod device;
 pub mod error;
+pub mod superblock;
 
+pub use checksum::{CSUM_SIZE, checksum};
+pub use chunk::{ChunkKind, ChunkMap, ChunkMapping};
+pub use data_io::{CryptError, DataCrypt, DataIo};
 pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use error::{Error, Result};
+pub use superblock::{Superblock, TreeRoot, read_superblock, write_superblocks};
