@@ -8,6 +8,7 @@
 
 pub mod checksum;
 pub mod chunk;
+pub mod crash;
 pub mod data_io;
 pub mod device;
 pub mod error;
