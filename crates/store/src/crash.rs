@@ -303,7 +303,7 @@ impl CrashImages<'_> {
             flushed_ops: self.flushed_ops,
             kind: CrashKind::Reordered,
             description: format!(
-                "crash after {k} ops: flushed through op {}, then writes {} of pending {} \
+                "crash after {k} ops: the first {} flushed, then writes {} of pending {} \
                  landed in that order{torn_note}",
                 self.flushed_ops,
                 short_list(&chosen),
