@@ -211,6 +211,31 @@ mod tests {
     }
 
     #[test]
+    fn file_device_image_is_sparse_and_bounded() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let dev = FileDevice::create(&path, 1 << 30).unwrap();
+        dev.write_at(&[1u8; 4096], 512 << 20).unwrap();
+        dev.flush().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+        // Only what was written takes space (st_blocks counts 512-byte units).
+        assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+        assert!(matches!(
+            dev.write_at(&[0u8; 2], (1 << 30) - 1),
+            Err(Error::OutOfRange { .. })
+        ));
+        let mut buf = [0u8; 8];
+        assert!(dev.read_at(&mut buf, u64::MAX - 4).is_err());
+        drop(dev);
+        // Opened read-only, a write is an I/O error, not a panic.
+        let ro = FileDevice::open(&path, false).unwrap();
+        assert!(matches!(ro.write_at(&[0u8; 1], 0), Err(Error::Io { .. })));
+        assert!(FileDevice::open(&dir.path().join("missing"), false).is_err());
+    }
+
+    #[test]
     fn file_device_persists_across_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img");
