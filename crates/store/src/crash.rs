@@ -10,7 +10,6 @@
 //!
 //! Randomness comes from [`SplitMix64`] seeded by the caller, so a failure replays exactly.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use crate::device::{BlockDevice, MemDevice};
@@ -169,108 +168,156 @@ pub fn crash_images<'a>(
         flushed: base.to_vec(),
         flushed_ops: 0,
         pending: Vec::new(),
-        next_prefix: 0,
-        queue: VecDeque::new(),
+        prefix: 0,
+        phase: Phase::Enter,
     }
 }
 
 /// The iterator [`crash_images`] returns. It keeps the image of the current prefix and of the
-/// last flush, so each step costs one write and a copy per image yielded.
+/// last flush, and builds each image only when asked for it, so at most one image it yielded
+/// and two of its own are alive at a time (a batch of large images would make the allocator
+/// hand memory back to the system and fault it in again for the next batch).
 pub struct CrashImages<'a> {
     log: &'a [DeviceOp],
     opts: CrashOptions,
     rng: SplitMix64,
-    /// The image after `log[..next_prefix - 1]` once that prefix was yielded.
+    /// The image after `log[..prefix]`, or after `log[..prefix - 1]` while torn variants of
+    /// `log[prefix - 1]` are being made.
     current: Vec<u8>,
     /// The image after `log[..flushed_ops]`.
     flushed: Vec<u8>,
     flushed_ops: usize,
     /// Indices of the writes after the last flush, in log order.
     pending: Vec<usize>,
-    next_prefix: usize,
-    queue: VecDeque<CrashImage>,
+    /// The prefix length being worked on.
+    prefix: usize,
+    phase: Phase,
+}
+
+/// Where the iterator is inside the images of one prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Starting the prefix: decide whether its last op gets torn variants.
+    Enter,
+    /// `made` torn variants of `log[prefix - 1]` yielded; that op is not applied yet.
+    Torn { made: usize },
+    /// The op is applied; the plain prefix image is next.
+    Prefix,
+    /// `made` reordered variants yielded.
+    Reordered { made: usize },
+    /// Every image was yielded.
+    Done,
 }
 
 impl Iterator for CrashImages<'_> {
     type Item = CrashImage;
 
     fn next(&mut self) -> Option<CrashImage> {
-        while self.queue.is_empty() {
-            if self.next_prefix > self.log.len() {
-                return None;
+        loop {
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Enter => {
+                    self.phase = match self.prefix.checked_sub(1).map(|i| &self.log[i]) {
+                        Some(DeviceOp::Write { data, .. })
+                            if data.len().div_ceil(self.opts.atomic_unit) >= 2 =>
+                        {
+                            Phase::Torn { made: 0 }
+                        }
+                        _ => {
+                            self.apply_last_op();
+                            Phase::Prefix
+                        }
+                    }
+                }
+                Phase::Torn { made } if made < self.opts.torn_variants => {
+                    self.phase = Phase::Torn { made: made + 1 };
+                    return Some(self.torn(made));
+                }
+                Phase::Torn { .. } => {
+                    self.apply_last_op();
+                    self.phase = Phase::Prefix;
+                }
+                Phase::Prefix => {
+                    self.phase = Phase::Reordered { made: 0 };
+                    return Some(CrashImage {
+                        image: MemDevice::from_bytes(self.current.clone()),
+                        ops_applied: self.prefix,
+                        flushed_ops: self.flushed_ops,
+                        kind: CrashKind::Prefix,
+                        description: format!("prefix of {} of {} ops", self.prefix, self.log.len()),
+                    });
+                }
+                Phase::Reordered { made }
+                    if self.pending.len() >= 2 && made < self.opts.reorder_variants =>
+                {
+                    self.phase = Phase::Reordered { made: made + 1 };
+                    return Some(self.reordered());
+                }
+                Phase::Reordered { .. } => {
+                    self.prefix += 1;
+                    self.phase = if self.prefix > self.log.len() {
+                        Phase::Done
+                    } else {
+                        Phase::Enter
+                    };
+                }
             }
-            self.step();
         }
-        self.queue.pop_front()
     }
 }
 
 impl CrashImages<'_> {
-    /// Queues every image of the next prefix.
-    fn step(&mut self) {
-        let k = self.next_prefix;
-        self.next_prefix += 1;
-        if k > 0 {
-            let index = k - 1;
-            match &self.log[index] {
-                DeviceOp::Write { offset, data } => {
-                    self.queue_torn(index, *offset, data);
-                    apply_write(&mut self.current, *offset, data);
-                    self.pending.push(index);
-                }
-                DeviceOp::Flush => {
-                    self.flushed.clone_from(&self.current);
-                    self.flushed_ops = k;
-                    self.pending.clear();
-                }
-            }
-        }
-        self.queue.push_back(CrashImage {
-            image: MemDevice::from_bytes(self.current.clone()),
-            ops_applied: k,
-            flushed_ops: self.flushed_ops,
-            kind: CrashKind::Prefix,
-            description: format!("prefix of {k} of {} ops", self.log.len()),
-        });
-        if self.pending.len() >= 2 {
-            for _ in 0..self.opts.reorder_variants {
-                self.queue_reordered(k);
-            }
-        }
-    }
-
-    /// Queues torn versions of the write at `index` over the current image.
-    fn queue_torn(&mut self, index: usize, offset: u64, data: &[u8]) {
-        let units = data.len().div_ceil(self.opts.atomic_unit);
-        if units < 2 {
+    /// Applies `log[prefix - 1]` (if any) to the running images.
+    fn apply_last_op(&mut self) {
+        let Some(index) = self.prefix.checked_sub(1) else {
             return;
-        }
-        for variant in 0..self.opts.torn_variants {
-            let landed = if variant % 2 == 0 {
-                let n = 1 + self.rng.below(units as u64 - 1) as usize;
-                (0..units).map(|u| u < n).collect()
-            } else {
-                self.random_proper_subset(units)
-            };
-            let mut image = self.current.clone();
-            let described = self.apply_units(&mut image, offset, data, &landed);
-            self.queue.push_back(CrashImage {
-                image: MemDevice::from_bytes(image),
-                ops_applied: index,
-                flushed_ops: self.flushed_ops,
-                kind: CrashKind::TornWrite,
-                description: format!(
-                    "prefix of {index} ops, then write op {index} ({} bytes at {offset}) torn: \
-                     units {described} of {units} landed",
-                    data.len()
-                ),
-            });
+        };
+        match &self.log[index] {
+            DeviceOp::Write { offset, data } => {
+                apply_write(&mut self.current, *offset, data);
+                self.pending.push(index);
+            }
+            DeviceOp::Flush => {
+                self.flushed.clone_from(&self.current);
+                self.flushed_ops = self.prefix;
+                self.pending.clear();
+            }
         }
     }
 
-    /// Queues one image: the last flush's image plus a random subset of the pending writes in a
-    /// random order, the last one applied possibly torn.
-    fn queue_reordered(&mut self, k: usize) {
+    /// Variant `variant` of the write `log[prefix - 1]` torn over the current image: even
+    /// variants keep its first units, odd ones a random subset.
+    fn torn(&mut self, variant: usize) -> CrashImage {
+        let index = self.prefix - 1;
+        // Invariant: next() enters Phase::Torn only when log[prefix - 1] is a write.
+        let DeviceOp::Write { offset, data } = &self.log[index] else {
+            unreachable!("Phase::Torn is entered only for a write");
+        };
+        let units = data.len().div_ceil(self.opts.atomic_unit);
+        let landed = if variant.is_multiple_of(2) {
+            let n = 1 + self.rng.below(units as u64 - 1) as usize;
+            (0..units).map(|u| u < n).collect()
+        } else {
+            self.random_proper_subset(units)
+        };
+        let mut image = self.current.clone();
+        let described = self.apply_units(&mut image, *offset, data, &landed);
+        CrashImage {
+            image: MemDevice::from_bytes(image),
+            ops_applied: index,
+            flushed_ops: self.flushed_ops,
+            kind: CrashKind::TornWrite,
+            description: format!(
+                "prefix of {index} ops, then write op {index} ({} bytes at {offset}) torn: \
+                 units {described} of {units} landed",
+                data.len()
+            ),
+        }
+    }
+
+    /// The last flush's image plus a random subset of the pending writes in a random order, the
+    /// last one applied possibly torn.
+    fn reordered(&mut self) -> CrashImage {
         let mut chosen: Vec<usize> = self
             .pending
             .iter()
@@ -297,19 +344,20 @@ impl CrashImages<'_> {
                 }
             }
         }
-        self.queue.push_back(CrashImage {
+        CrashImage {
             image: MemDevice::from_bytes(image),
-            ops_applied: k,
+            ops_applied: self.prefix,
             flushed_ops: self.flushed_ops,
             kind: CrashKind::Reordered,
             description: format!(
-                "crash after {k} ops: the first {} flushed, then writes {} of pending {} \
+                "crash after {} ops: the first {} flushed, then writes {} of pending {} \
                  landed in that order{torn_note}",
+                self.prefix,
                 self.flushed_ops,
                 short_list(&chosen),
                 short_list(&self.pending)
             ),
-        });
+        }
     }
 
     /// A random subset of `0..units`, neither empty nor complete (units >= 2).
