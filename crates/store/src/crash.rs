@@ -8,12 +8,15 @@
 //! [`RecordingDevice`], notes with [`RecordingDevice::mark`] where each commit returned, then
 //! opens every image [`crash_images`] yields and checks it against the commits that had returned.
 //!
+//! [`FaultyDevice`] fails writes and flushes on demand, for error paths.
+//!
 //! Randomness comes from [`SplitMix64`] seeded by the caller, so a failure replays exactly.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::device::{BlockDevice, MemDevice};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One recorded device operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +92,76 @@ impl<D: BlockDevice> BlockDevice for RecordingDevice<D> {
         self.inner.flush()?;
         log.push(DeviceOp::Flush);
         Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+/// Wraps a device and makes writes and flushes fail on demand, as a dying disk or a full host
+/// file system would: for tests that a failed commit returns an error and changes nothing
+/// visible. Reads always pass through.
+#[derive(Debug)]
+pub struct FaultyDevice<D: BlockDevice> {
+    inner: D,
+    /// Writes and flushes issued so far.
+    issued: AtomicU64,
+    /// The first op number that fails; `u64::MAX` means none.
+    fail_from: AtomicU64,
+}
+
+impl<D: BlockDevice> FaultyDevice<D> {
+    /// A device that fails nothing yet.
+    pub fn new(inner: D) -> Self {
+        FaultyDevice {
+            inner,
+            issued: AtomicU64::new(0),
+            fail_from: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Lets `ops` more writes or flushes succeed, then fails every later one.
+    pub fn fail_after(&self, ops: u64) {
+        let from = self.issued.load(Ordering::SeqCst).saturating_add(ops);
+        self.fail_from.store(from, Ordering::SeqCst);
+    }
+
+    /// Stops failing.
+    pub fn heal(&self) {
+        self.fail_from.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// The wrapped device.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    fn admit(&self, what: &str) -> Result<()> {
+        let n = self.issued.fetch_add(1, Ordering::SeqCst);
+        if n >= self.fail_from.load(Ordering::SeqCst) {
+            return Err(Error::io(
+                format!("{what} (op {n})"),
+                std::io::Error::other("injected device fault"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.admit("write")?;
+        self.inner.write_at(buf, offset)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.admit("flush")?;
+        self.inner.flush()
     }
 
     fn size(&self) -> u64 {
@@ -678,6 +751,24 @@ mod tests {
         assert_eq!(a, original);
         assert_ne!(b, original);
         assert!(flip_random_bits(&mut [], 5, 1).is_empty());
+    }
+
+    #[test]
+    fn faulty_device_fails_from_the_chosen_op() {
+        let dev = FaultyDevice::new(MemDevice::new(4096));
+        dev.write_at(b"a", 0).unwrap();
+        dev.fail_after(2);
+        dev.write_at(b"b", 1).unwrap();
+        dev.flush().unwrap();
+        let e = dev.write_at(b"c", 2).unwrap_err();
+        assert!(e.to_string().contains("injected device fault"), "{e}");
+        assert!(dev.flush().is_err());
+        let mut buf = [0u8; 3];
+        dev.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"ab\0");
+        dev.heal();
+        dev.write_at(b"c", 2).unwrap();
+        assert_eq!(dev.inner().snapshot()[..3], *b"abc");
     }
 
     #[test]
