@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 pub const SUPERBLOCK_SIZE: usize = 4096;
 
 /// Where the copies live: 64 KiB and 128 KiB (both inside the reserved first MiB, so every image
-/// has two), and 64 MiB when the device is large enough, far from the first two so one damaged
-/// region cannot take them all. Chunks never cover any of them (see [`crate::chunk`]).
+/// of at least 132 KiB has two), and 64 MiB when the device is large enough, far from the first
+/// two so one damaged region cannot take them all. Chunks never cover any of them (see [`crate::chunk`]).
 pub const SUPERBLOCK_OFFSETS: &[u64] = &[64 << 10, 128 << 10, 64 << 20];
 
 /// The on-disk format version this build writes and the newest it reads.
