@@ -73,6 +73,26 @@ pub enum Error {
     /// A request broke a rule of the API (alignment, length), not a fault of the image.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+
+    // --- Tree half (store-tree): nodes, trees, allocator, transactions. Add-only. ---
+    /// A tree node failed a check when read (checksum, address, generation, level, layout).
+    #[error("tree node at {bytenr}: {reason}")]
+    BadNode { bytenr: u64, reason: String },
+    /// An item value is larger than a node can hold.
+    #[error("item value of {size} bytes exceeds the maximum {max}")]
+    ItemTooLarge { size: usize, max: usize },
+    /// No space left of the asked kind (ENOSPC). Deletes may still use the metadata reserve.
+    #[error("no space left for {kind}: {needed} bytes needed")]
+    NoSpace { kind: &'static str, needed: u64 },
+    /// The tree id names no tree.
+    #[error("no tree with id {0}")]
+    NoSuchTree(u64),
+    /// A tree with that id already exists.
+    #[error("tree {0} already exists")]
+    TreeExists(u64),
+    /// The on-disk structures contradict each other (found by a read or by the checker).
+    #[error("inconsistent filesystem: {0}")]
+    Corrupt(String),
 }
 
 /// Result alias of the store.

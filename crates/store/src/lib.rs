@@ -12,6 +12,8 @@ pub mod crash;
 pub mod data_io;
 pub mod device;
 pub mod error;
+pub mod key;
+pub mod node;
 pub mod superblock;
 
 pub use checksum::{CSUM_SIZE, checksum};
