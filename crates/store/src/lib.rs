@@ -6,6 +6,7 @@
 //! layer above, the way blk-crypto serves Linux filesystems.
 #![forbid(unsafe_code)]
 
+pub mod btree;
 pub mod checksum;
 pub mod chunk;
 pub mod crash;

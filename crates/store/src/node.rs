@@ -171,12 +171,6 @@ impl Node {
         };
     }
 
-    /// Mutable leaf items; the caller must call [`Node::recount`] or keep `used` right through
-    /// [`Node::leaf_insert`] / [`Node::leaf_remove`].
-    pub(crate) fn body_mut(&mut self) -> &mut NodeBody {
-        &mut self.body
-    }
-
     /// Inserts or replaces the item with `key` in a leaf. Returns the old value if replaced.
     pub fn leaf_insert(&mut self, key: Key, value: &[u8]) -> Option<Vec<u8>> {
         let NodeBody::Leaf(items) = &mut self.body else {
@@ -385,7 +379,7 @@ impl Node {
                     bytenr: get_u64(buf, at + 17),
                     generation: get_u64(buf, at + 25),
                 };
-                if p.bytenr == 0 || p.bytenr % 4096 != 0 {
+                if p.bytenr == 0 || !p.bytenr.is_multiple_of(4096) {
                     return Err(bad(format!("pointer {i}: child address {}", p.bytenr)));
                 }
                 if p.generation > generation {
