@@ -15,14 +15,18 @@ use crate::key::Key;
 use crate::node::{ChildPtr, HEADER_SIZE, LeafItem, Node, NodeBody, max_ptrs, max_value_size};
 use crate::superblock::{MAX_TREE_LEVEL, TreeRoot};
 
-/// What the tree algorithms need from the layer that holds nodes.
-pub trait NodeStore {
+/// What reading a tree needs: nodes by pointer.
+pub trait NodeRead {
     /// Bytes of one node.
     fn node_size(&self) -> usize;
-    /// The generation of the running transaction (new and copied nodes get it).
-    fn generation(&self) -> u64;
     /// Reads the node a pointer names, checked against the pointer.
     fn read(&self, bytenr: u64, generation: u64, level: u8) -> Result<Arc<Node>>;
+}
+
+/// What changing a tree needs from the layer that holds nodes.
+pub trait NodeStore: NodeRead {
+    /// The generation of the running transaction (new and copied nodes get it).
+    fn generation(&self) -> u64;
     /// Makes the node private to this transaction so it may be changed, returning its address
     /// (the same if it already is, else a new copy's). The store settles reference counts.
     fn cow(&mut self, bytenr: u64, generation: u64, level: u8, owner: u64) -> Result<u64>;
@@ -44,7 +48,7 @@ fn underflow(node_size: usize) -> usize {
 }
 
 /// The value stored under `key`.
-pub fn get<S: NodeStore + ?Sized>(s: &S, root: &TreeRoot, key: &Key) -> Result<Option<Vec<u8>>> {
+pub fn get<S: NodeRead + ?Sized>(s: &S, root: &TreeRoot, key: &Key) -> Result<Option<Vec<u8>>> {
     if root.bytenr == 0 {
         return Ok(None);
     }
@@ -373,7 +377,7 @@ fn even_out<T>(l: &mut Vec<T>, r: &mut Vec<T>, size: impl Fn(&T) -> usize) {
 }
 
 /// A double-ended iterator over the items of a tree in a key range.
-pub struct Range<'a, S: NodeStore + ?Sized> {
+pub struct Range<'a, S: NodeRead + ?Sized> {
     s: &'a S,
     front: Vec<(Arc<Node>, usize)>,
     back: Vec<(Arc<Node>, usize)>,
@@ -386,7 +390,7 @@ pub struct Range<'a, S: NodeStore + ?Sized> {
 }
 
 /// Items with keys in `(start, end)` bounds, in key order (and in reverse with `next_back`).
-pub fn range<'a, S: NodeStore + ?Sized>(
+pub fn range<'a, S: NodeRead + ?Sized>(
     s: &'a S,
     root: &TreeRoot,
     start: Bound<Key>,
@@ -412,7 +416,7 @@ pub fn range<'a, S: NodeStore + ?Sized>(
     Ok(r)
 }
 
-impl<S: NodeStore + ?Sized> Range<'_, S> {
+impl<S: NodeRead + ?Sized> Range<'_, S> {
     /// Positions both cursors: front at the first key >= start, back at the last key <= end.
     fn seek(&mut self) -> Result<()> {
         self.started = true;
@@ -547,7 +551,7 @@ impl<S: NodeStore + ?Sized> Range<'_, S> {
 
 /// Extends a cursor stack from its last node down to a leaf, choosing the child with `pick`
 /// (which also gives the leaf's starting index).
-fn descend<S: NodeStore + ?Sized>(
+fn descend<S: NodeRead + ?Sized>(
     s: &S,
     stack: &mut Vec<(Arc<Node>, usize)>,
     pick: impl Fn(&Node) -> usize,
@@ -567,7 +571,7 @@ fn descend<S: NodeStore + ?Sized>(
     }
 }
 
-impl<S: NodeStore + ?Sized> Iterator for Range<'_, S> {
+impl<S: NodeRead + ?Sized> Iterator for Range<'_, S> {
     type Item = Result<(Key, Vec<u8>)>;
     fn next(&mut self) -> Option<Self::Item> {
         match self.next_item(true) {
@@ -580,7 +584,7 @@ impl<S: NodeStore + ?Sized> Iterator for Range<'_, S> {
     }
 }
 
-impl<S: NodeStore + ?Sized> DoubleEndedIterator for Range<'_, S> {
+impl<S: NodeRead + ?Sized> DoubleEndedIterator for Range<'_, S> {
     fn next_back(&mut self) -> Option<Self::Item> {
         match self.next_item(false) {
             Ok(x) => x.map(Ok),
@@ -595,7 +599,7 @@ impl<S: NodeStore + ?Sized> DoubleEndedIterator for Range<'_, S> {
 /// Walks a whole tree checking its structure: levels step down by one, keys strictly ascend
 /// across the tree, each pointer's key is its child's first key, internal nodes are non-empty
 /// and every node fits. Calls `visit` with every node's address and level. Returns the item count.
-pub fn check<S: NodeStore + ?Sized>(
+pub fn check<S: NodeRead + ?Sized>(
     s: &S,
     root: &TreeRoot,
     mut visit: impl FnMut(u64, &Node) -> Result<()>,
@@ -619,7 +623,7 @@ pub fn check<S: NodeStore + ?Sized>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_rec<S: NodeStore + ?Sized>(
+fn check_rec<S: NodeRead + ?Sized>(
     s: &S,
     bytenr: u64,
     generation: u64,
@@ -706,12 +710,9 @@ pub(crate) mod tests {
         }
     }
 
-    impl NodeStore for MemStore {
+    impl NodeRead for MemStore {
         fn node_size(&self) -> usize {
             self.node_size
-        }
-        fn generation(&self) -> u64 {
-            self.generation
         }
         fn read(&self, bytenr: u64, generation: u64, level: u8) -> Result<Arc<Node>> {
             let n = self
@@ -724,6 +725,12 @@ pub(crate) mod tests {
                 "node {bytenr}"
             );
             Ok(n.clone())
+        }
+    }
+
+    impl NodeStore for MemStore {
+        fn generation(&self) -> u64 {
+            self.generation
         }
         fn cow(&mut self, bytenr: u64, generation: u64, level: u8, owner: u64) -> Result<u64> {
             if self.dirty.contains(&bytenr) {

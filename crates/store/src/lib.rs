@@ -6,7 +6,9 @@
 //! layer above, the way blk-crypto serves Linux filesystems.
 #![forbid(unsafe_code)]
 
+pub mod alloc;
 pub mod btree;
+pub mod cache;
 pub mod checksum;
 pub mod chunk;
 pub mod crash;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod key;
 pub mod node;
 pub mod superblock;
+pub mod txn;
 
 pub use checksum::{CSUM_SIZE, checksum};
 pub use chunk::{ChunkKind, ChunkMap, ChunkMapping};
