@@ -1425,8 +1425,7 @@ mod tests {
             }
             models.insert(256, m);
             t.commit().unwrap();
-            let mut next_id = 257;
-            for round in 0..8 {
+            for (round, next_id) in (0..8).zip(257u64..) {
                 let mut t = store.begin().unwrap();
                 // Snapshot a random existing tree (sometimes one changed in this transaction).
                 let ids: Vec<u64> = models.keys().copied().collect();
@@ -1441,7 +1440,6 @@ mod tests {
                 t.snapshot_tree(src, next_id).unwrap();
                 let copy = models[&src].clone();
                 models.insert(next_id, copy);
-                next_id += 1;
                 // Write to every tree.
                 for (&id, m) in models.iter_mut() {
                     for _ in 0..40 {
