@@ -17,6 +17,10 @@
 //! recurses into itself; only subvolume trees are ever shared, so the store's own trees never
 //! produce count changes.
 
+mod extent;
+
+pub use extent::{DataExtent, DataRefOwner, DataRefs, EXTENT_FLAG_DATA, ItemDataRef, owner_hash};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -137,6 +141,8 @@ struct Shared {
     writer: Mutex<Writer>,
     /// generation -> number of live readers of it
     readers: Mutex<BTreeMap<u64, usize>>,
+    /// The layer above's parser of data-referencing items.
+    data_refs: RwLock<Option<Arc<dyn DataRefs>>>,
 }
 
 /// Reads nodes through a chunk map, optionally through the cache.
@@ -413,6 +419,7 @@ impl Store {
                     broken: None,
                 }),
                 readers: Mutex::new(BTreeMap::new()),
+                data_refs: RwLock::new(None),
             }),
         })
     }
@@ -443,6 +450,13 @@ impl Store {
             use_reserve: false,
             in_op: false,
             poisoned: false,
+            data_refs: self
+                .shared
+                .data_refs
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            new_data: HashSet::new(),
         })
     }
 
@@ -482,6 +496,16 @@ impl Store {
     /// Checks the committed state end to end; see [`ReadTxn::check`].
     pub fn check(&self) -> Result<CheckReport> {
         self.read().check()
+    }
+
+    /// Registers the parser of leaf items that reference data extents, so back-references stay
+    /// exact across snapshots (see [`DataRefs`]). Set it before the first transaction.
+    pub fn set_data_refs(&self, parser: Arc<dyn DataRefs>) {
+        *self
+            .shared
+            .data_refs
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(parser);
     }
 
     /// Bytes the node cache holds now.
@@ -583,6 +607,9 @@ pub struct WriteTxn<'a> {
     in_op: bool,
     /// A tree operation failed part way; only dropping the transaction is allowed.
     poisoned: bool,
+    data_refs: Option<Arc<dyn DataRefs>>,
+    /// Data extents allocated by this transaction (freed at once if dropped again).
+    new_data: HashSet<u64>,
 }
 
 impl NodeRead for WriteTxn<'_> {
@@ -638,8 +665,14 @@ impl NodeStore for WriteTxn<'_> {
                 self.add_delayed(p.bytenr, p.generation, level - 1, 1);
             }
             self.add_delayed(bytenr, generation, level, -1);
+            if level == 0 && self.data_refs.is_some() {
+                self.data_refs_for_shared_copy(&old, owner)?;
+            }
         } else {
             self.free_block(bytenr)?;
+            if level == 0 && shareable(owner) && self.data_refs.is_some() {
+                self.data_refs_move(&old, owner)?;
+            }
         }
         Ok(nb)
     }
@@ -929,6 +962,9 @@ impl<'a> WriteTxn<'a> {
                         self.add_delayed(p.bytenr, p.generation, d.level - 1, -1);
                     }
                     self.free_block(bytenr)?;
+                    if d.level == 0 && self.data_refs.is_some() {
+                        self.data_refs_for_freed_leaf(&node)?;
+                    }
                 } else if now > 1 {
                     let v = (now as u64).to_le_bytes();
                     self.tree_op(tree_id::EXTENT_TREE, |t, r| {
@@ -1139,6 +1175,16 @@ impl ReadTxn {
         self.state.roots.keys().copied().collect()
     }
 
+    /// The extent item at `bytenr`.
+    pub fn data_extent(&self, bytenr: u64) -> Result<Option<DataExtent>> {
+        extent::find_extent(self, &self.root_of(tree_id::EXTENT_TREE)?, bytenr)
+    }
+
+    /// Every owner of the extent at `bytenr`, with its count.
+    pub fn data_backrefs(&self, bytenr: u64) -> Result<Vec<(DataRefOwner, u64)>> {
+        extent::backrefs(self, &self.root_of(tree_id::EXTENT_TREE)?, bytenr)
+    }
+
     /// A tree's root item flags.
     pub fn tree_flags(&self, tree: u64) -> Result<u64> {
         self.state
@@ -1158,6 +1204,7 @@ impl ReadTxn {
             ..CheckReport::default()
         };
         let mut refs: HashMap<u64, u64> = HashMap::new();
+        let mut leaves: Vec<Arc<Node>> = Vec::new();
         let mut trees: Vec<(u64, TreeRoot)> = vec![
             (tree_id::ROOT_TREE, self.state.root_tree),
             (tree_id::CHUNK_TREE, self.state.chunk_tree),
@@ -1172,7 +1219,7 @@ impl ReadTxn {
             })
             .map_err(|e| Error::Corrupt(format!("tree {id}: {e}")))?;
             if root.bytenr != 0 {
-                self.count_refs(root, &mut refs)?;
+                self.count_refs(root, shareable(*id), &mut refs, &mut leaves)?;
             }
             if !shareable(*id)
                 && first_visit
@@ -1190,6 +1237,7 @@ impl ReadTxn {
         let extent = self.root_of(tree_id::EXTENT_TREE)?;
         let mut stored: HashMap<u64, u64> = HashMap::new();
         let mut used = RangeSet::new();
+        let mut data_owners: BTreeMap<(u64, DataRefOwner), (u64, u64)> = BTreeMap::new();
         for item in btree::range(self, &extent, Bound::Unbounded, Bound::Unbounded)? {
             let (key, value) = item?;
             match key.item_type {
@@ -1201,9 +1249,37 @@ impl ReadTxn {
                 }
                 item_type::EXTENT_ITEM => {
                     report.data_extents += 1;
+                    let e = extent::find_extent(self, &extent, key.objectid)?
+                        .ok_or_else(|| Error::Corrupt(format!("extent {key:?} vanished")))?;
+                    let m = self.shared.chunks.lookup(key.objectid);
+                    if m.is_none_or(|m| {
+                        m.kind != ChunkKind::Data || key.objectid + key.offset > m.logical_end()
+                    }) {
+                        return Err(Error::Corrupt(format!(
+                            "data extent {key:?} is not inside one data chunk"
+                        )));
+                    }
+                    let owners = extent::backrefs(self, &extent, key.objectid)?;
+                    let sum: u64 = owners.iter().map(|(_, n)| n).sum();
+                    if sum != e.refs {
+                        return Err(Error::Corrupt(format!(
+                            "extent {key:?} counts {} references, its back-references {sum}",
+                            e.refs
+                        )));
+                    }
+                    for (o, n) in owners {
+                        data_owners.insert((key.objectid, o), (key.offset, n));
+                    }
                     used.insert(key.objectid, key.offset).map_err(|_| {
                         Error::Corrupt(format!("data extent {key:?} overlaps another"))
                     })?;
+                }
+                item_type::EXTENT_DATA_REF
+                    if extent::find_extent(self, &extent, key.objectid)?.is_none() =>
+                {
+                    return Err(Error::Corrupt(format!(
+                        "back-reference {key:?} without its extent"
+                    )));
                 }
                 _ => {}
             }
@@ -1223,6 +1299,27 @@ impl ReadTxn {
             return Err(Error::Corrupt(format!(
                 "refcount item for unreferenced block {b}"
             )));
+        }
+        // With the layer above's parser, every back-reference is accounted for by leaf items.
+        let parser = self
+            .shared
+            .data_refs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(p) = parser {
+            let want = extent::expected_backrefs(&*p, &leaves);
+            if want != data_owners {
+                let diff: Vec<_> = want
+                    .iter()
+                    .filter(|(k, v)| data_owners.get(k) != Some(v))
+                    .chain(data_owners.iter().filter(|(k, v)| want.get(k) != Some(v)))
+                    .take(4)
+                    .collect();
+                return Err(Error::Corrupt(format!(
+                    "data back-references differ from the items that hold them: {diff:?}"
+                )));
+            }
         }
         // The free-space tree must be exactly the complement of the used space, per chunk.
         let fst = self.root_of(tree_id::FREE_SPACE_TREE)?;
@@ -1272,12 +1369,24 @@ impl ReadTxn {
         Ok(report)
     }
 
-    fn count_refs(&self, root: &TreeRoot, refs: &mut HashMap<u64, u64>) -> Result<()> {
+    fn count_refs(
+        &self,
+        root: &TreeRoot,
+        keep_leaves: bool,
+        refs: &mut HashMap<u64, u64>,
+        leaves: &mut Vec<Arc<Node>>,
+    ) -> Result<()> {
         let mut stack = vec![(root.bytenr, root.generation, root.level)];
         while let Some((b, g, l)) = stack.pop() {
             let n = refs.entry(b).or_insert(0);
             *n += 1;
-            if *n > 1 || l == 0 {
+            if *n > 1 {
+                continue;
+            }
+            if l == 0 {
+                if keep_leaves {
+                    leaves.push(self.read(b, g, l)?);
+                }
                 continue;
             }
             let node = self.read(b, g, l)?;
