@@ -1598,4 +1598,82 @@ mod tests {
             store.check().unwrap();
         }
     }
+
+    /// Metadata filled to ENOSPC: ordinary inserts get a clean error and change nothing, the
+    /// commit still works, deletes use the reserve, and afterwards inserts work again.
+    #[test]
+    fn full_metadata_gives_enospc_and_deletes_still_work() {
+        let dev = Arc::new(MemDevice::new(12 * MIB));
+        let opts = MkfsOptions {
+            node_size: 4096,
+            metadata_percent: 20,
+            ..MkfsOptions::default()
+        };
+        let store = Store::create(dev.clone(), opts).unwrap();
+        let mut t = store.begin().unwrap();
+        t.create_tree(256).unwrap();
+        t.commit().unwrap();
+        let mut n = 0u64;
+        let mut full = false;
+        while !full {
+            let mut t = store.begin().unwrap();
+            for _ in 0..400 {
+                match t.insert(256, k(n), &[7; 200]) {
+                    Ok(()) => n += 1,
+                    Err(Error::NoSpace { kind: "metadata", .. }) => {
+                        full = true;
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            t.commit().unwrap();
+        }
+        assert!(n > 1000, "only {n} items fit");
+        let st = store.stats();
+        assert!(st.metadata.free <= st.metadata_reserve + 16 * 4096, "{st:?}");
+        // The refused insert left nothing behind.
+        assert_eq!(store.read().get(256, &k(n)).unwrap(), None);
+        store.check().unwrap();
+        // Ordinary deletes may fail; with the reserve they work, in small transactions.
+        for round in 0..20u64 {
+            let mut t = store.begin().unwrap();
+            t.allow_reserve();
+            for i in round * 100..round * 100 + 100 {
+                assert!(t.delete(256, &k(i)).unwrap());
+            }
+            t.commit().unwrap();
+        }
+        store.check().unwrap();
+        let mut t = store.begin().unwrap();
+        for i in 0..50 {
+            t.insert(256, k(i), b"room again").unwrap();
+        }
+        t.commit().unwrap();
+        drop(store);
+        let store = Store::open(dev).unwrap();
+        assert_eq!(store.read().range(256, ..).unwrap().count() as u64, n - 2000 + 50);
+        store.check().unwrap();
+    }
+
+    #[test]
+    fn data_space_runs_out_cleanly() {
+        let dev = Arc::new(MemDevice::new(16 * MIB));
+        let store = Store::create(dev, small_opts()).unwrap();
+        let total = store.stats().data.free;
+        let owner = DataRefOwner { root: 256, inode: 257, offset: 0 };
+        let mut t = store.begin().unwrap();
+        let mut got = 0;
+        loop {
+            match t.alloc_data_extent(1 << 20, owner) {
+                Ok(_) => got += 1 << 20,
+                Err(Error::NoSpace { kind: "data", .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(got > 0 && got <= total && total - got < 1 << 20);
+        t.commit().unwrap();
+        store.check().unwrap();
+        assert_eq!(store.stats().data.free, total - got);
+    }
 }
