@@ -1620,7 +1620,9 @@ mod tests {
             for _ in 0..400 {
                 match t.insert(256, k(n), &[7; 200]) {
                     Ok(()) => n += 1,
-                    Err(Error::NoSpace { kind: "metadata", .. }) => {
+                    Err(Error::NoSpace {
+                        kind: "metadata", ..
+                    }) => {
                         full = true;
                         break;
                     }
@@ -1631,7 +1633,10 @@ mod tests {
         }
         assert!(n > 1000, "only {n} items fit");
         let st = store.stats();
-        assert!(st.metadata.free <= st.metadata_reserve + 16 * 4096, "{st:?}");
+        assert!(
+            st.metadata.free <= st.metadata_reserve + 16 * 4096,
+            "{st:?}"
+        );
         // The refused insert left nothing behind.
         assert_eq!(store.read().get(256, &k(n)).unwrap(), None);
         store.check().unwrap();
@@ -1652,7 +1657,10 @@ mod tests {
         t.commit().unwrap();
         drop(store);
         let store = Store::open(dev).unwrap();
-        assert_eq!(store.read().range(256, ..).unwrap().count() as u64, n - 2000 + 50);
+        assert_eq!(
+            store.read().range(256, ..).unwrap().count() as u64,
+            n - 2000 + 50
+        );
         store.check().unwrap();
     }
 
@@ -1661,7 +1669,11 @@ mod tests {
         let dev = Arc::new(MemDevice::new(16 * MIB));
         let store = Store::create(dev, small_opts()).unwrap();
         let total = store.stats().data.free;
-        let owner = DataRefOwner { root: 256, inode: 257, offset: 0 };
+        let owner = DataRefOwner {
+            root: 256,
+            inode: 257,
+            offset: 0,
+        };
         let mut t = store.begin().unwrap();
         let mut got = 0;
         loop {
