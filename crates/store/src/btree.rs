@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::node::{ChildPtr, HEADER_SIZE, LeafItem, Node, NodeBody, max_ptrs, max_value_size};
+use crate::node::{ChildPtr, HEADER_SIZE, Leaf, Node, NodeBody, max_ptrs, max_value_size};
 use crate::superblock::{MAX_TREE_LEVEL, TreeRoot};
 
 /// What reading a tree needs: nodes by pointer.
@@ -177,19 +177,19 @@ fn split(s: &mut impl NodeStore, b: u64, owner: u64, level: u8) -> Result<ChildP
     let n = s.node_mut(b)?;
     let total = n.used();
     let right_body = match &mut n.body {
-        NodeBody::Leaf(items) => {
+        NodeBody::Leaf(leaf) => {
             // Values are at most a quarter node, so cutting at half the bytes gives two halves
             // that both fit.
             let mut acc = 0;
-            let mut at = items.len();
-            for (i, it) in items.iter().enumerate() {
-                acc += crate::node::ITEM_HEADER_SIZE + it.value.len();
+            let mut at = leaf.len();
+            for i in 0..leaf.len() {
+                acc += leaf.item_bytes(i);
                 if acc >= total / 2 {
-                    at = (i + 1).min(items.len() - 1).max(1);
+                    at = (i + 1).min(leaf.len() - 1).max(1);
                     break;
                 }
             }
-            NodeBody::Leaf(items.split_off(at))
+            NodeBody::Leaf(leaf.split_off(at))
         }
         NodeBody::Internal(ptrs) => {
             let at = ptrs.len() / 2;
@@ -293,7 +293,7 @@ fn rebalance(s: &mut impl NodeStore, b: u64, idx: usize, owner: u64, level: u8) 
     let (lp, rp) = (ptrs[li], ptrs[ri]);
     let lb = s.cow(lp.bytenr, lp.generation, level, owner)?;
     let rb = s.cow(rp.bytenr, rp.generation, level, owner)?;
-    let mut right = std::mem::replace(&mut s.node_mut(rb)?.body, NodeBody::Leaf(Vec::new()));
+    let mut right = std::mem::replace(&mut s.node_mut(rb)?.body, NodeBody::Leaf(Leaf::default()));
     let left = s.node_mut(lb)?;
     let combined = left.used() + body_bytes(&right);
     let fits = match &right {
@@ -324,9 +324,7 @@ fn rebalance(s: &mut impl NodeStore, b: u64, idx: usize, owner: u64, level: u8) 
     // Even out by bytes: move entries across the boundary until the halves are as close as
     // entry sizes allow.
     match (&mut left.body, &mut right) {
-        (NodeBody::Leaf(l), NodeBody::Leaf(r)) => even_out(l, r, |i: &LeafItem| {
-            crate::node::ITEM_HEADER_SIZE + i.value.len()
-        }),
+        (NodeBody::Leaf(l), NodeBody::Leaf(r)) => even_out_leaves(l, r),
         (NodeBody::Internal(l), NodeBody::Internal(r)) => {
             even_out(l, r, |_: &ChildPtr| crate::node::PTR_SIZE)
         }
@@ -348,12 +346,34 @@ fn rebalance(s: &mut impl NodeStore, b: u64, idx: usize, owner: u64, level: u8) 
 
 fn body_bytes(b: &NodeBody) -> usize {
     match b {
-        NodeBody::Leaf(items) => items
-            .iter()
-            .map(|i| crate::node::ITEM_HEADER_SIZE + i.value.len())
-            .sum(),
+        NodeBody::Leaf(leaf) => (0..leaf.len()).map(|i| leaf.item_bytes(i)).sum(),
         NodeBody::Internal(p) => p.len() * crate::node::PTR_SIZE,
     }
+}
+
+/// Redistributes two sibling leaves' items so their byte sizes are as close as items allow.
+fn even_out_leaves(l: &mut Leaf, r: &mut Leaf) {
+    let mut all = std::mem::take(l);
+    all.append(r);
+    let total: usize = (0..all.len()).map(|i| all.item_bytes(i)).sum();
+    let mut acc = 0;
+    let mut at = 1;
+    for i in 0..all.len() {
+        if acc * 2 >= total {
+            break;
+        }
+        let next = acc + all.item_bytes(i);
+        // Stop where taking one more item would leave the left side further from half.
+        if next * 2 > total && next * 2 - total > total - acc * 2 {
+            break;
+        }
+        acc = next;
+        at = i + 1;
+    }
+    // Callers only even out siblings too big for one node, so there are at least two items.
+    let at = at.clamp(1, all.len().saturating_sub(1).max(1));
+    *r = all.split_off(at);
+    *l = all;
 }
 
 fn even_out<T>(l: &mut Vec<T>, r: &mut Vec<T>, size: impl Fn(&T) -> usize) {
@@ -432,16 +452,12 @@ impl<S: NodeRead + ?Sized> Range<'_, S> {
         let hi_incl = !matches!(self.end, Bound::Excluded(_));
         descend(self.s, &mut self.front, |n| match &n.body {
             NodeBody::Internal(_) => n.child_index(&lo),
-            NodeBody::Leaf(items) => {
-                items.partition_point(|i| i.key < lo || (lo_excl && i.key == lo))
-            }
+            NodeBody::Leaf(leaf) => leaf.partition_point(|k| *k < lo || (lo_excl && *k == lo)),
         })?;
         descend(self.s, &mut self.back, |n| match &n.body {
             NodeBody::Internal(_) => n.child_index(&hi),
             // One past the last key in bounds; next_back steps down first.
-            NodeBody::Leaf(items) => {
-                items.partition_point(|i| i.key < hi || (hi_incl && i.key == hi))
-            }
+            NodeBody::Leaf(leaf) => leaf.partition_point(|k| *k < hi || (hi_incl && *k == hi)),
         })?;
         Ok(())
     }
@@ -465,10 +481,12 @@ impl<S: NodeRead + ?Sized> Range<'_, S> {
             let Some((leaf, idx)) = self.front.last_mut() else {
                 return Ok(None);
             };
-            if leaf.level == 0 && *idx < leaf.len() {
-                let it = &leaf.items()[*idx];
+            if let Some(l) = leaf.leaf()
+                && *idx < l.len()
+            {
+                let i = *idx;
                 *idx += 1;
-                return Ok(Some((it.key, it.value.clone())));
+                return Ok(Some((l.key(i), l.value(i).to_vec())));
             }
             // Leaf exhausted: climb to the first ancestor with a next child, then go down left.
             self.front.pop();
@@ -491,10 +509,11 @@ impl<S: NodeRead + ?Sized> Range<'_, S> {
             let Some((leaf, idx)) = self.back.last_mut() else {
                 return Ok(None);
             };
-            if leaf.level == 0 && *idx > 0 {
+            if let Some(l) = leaf.leaf()
+                && *idx > 0
+            {
                 *idx -= 1;
-                let it = &leaf.items()[*idx];
-                return Ok(Some((it.key, it.value.clone())));
+                return Ok(Some((l.key(*idx), l.value(*idx).to_vec())));
             }
             self.back.pop();
             let Some((parent, pidx)) = self.back.last_mut() else {
@@ -648,12 +667,12 @@ fn check_rec<S: NodeRead + ?Sized>(
         )));
     }
     match &n.body {
-        NodeBody::Leaf(items) => {
-            for it in items {
-                if last.is_some_and(|l| l >= it.key) {
-                    return Err(bad(format!("key {:?} out of order", it.key)));
+        NodeBody::Leaf(leaf) => {
+            for (key, _) in leaf.iter() {
+                if last.is_some_and(|l| l >= key) {
+                    return Err(bad(format!("key {key:?} out of order")));
                 }
-                *last = Some(it.key);
+                *last = Some(key);
                 *count += 1;
             }
         }

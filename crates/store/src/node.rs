@@ -35,11 +35,162 @@ const OFF_OWNER: usize = 0x28;
 const OFF_NRITEMS: usize = 0x30;
 const OFF_RESERVED: usize = 0x34;
 
-/// One item of a leaf.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeafItem {
-    pub key: Key,
-    pub value: Vec<u8>,
+/// Where one leaf item's value sits in its leaf's value buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    key: Key,
+    off: u32,
+    len: u32,
+}
+
+/// A leaf's items: sorted keys with their values in one shared buffer, so decoding or copying a
+/// leaf costs two allocations, not one per item. Replaced and removed values leave garbage in
+/// the buffer until it is compacted.
+#[derive(Debug, Clone, Default)]
+pub struct Leaf {
+    slots: Vec<Slot>,
+    data: Vec<u8>,
+    garbage: usize,
+}
+
+impl PartialEq for Leaf {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Leaf {}
+
+impl Leaf {
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The key of item `i`.
+    pub fn key(&self, i: usize) -> Key {
+        self.slots[i].key
+    }
+
+    /// The value of item `i`.
+    pub fn value(&self, i: usize) -> &[u8] {
+        let s = &self.slots[i];
+        &self.data[s.off as usize..s.off as usize + s.len as usize]
+    }
+
+    /// Items in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (Key, &[u8])> + '_ {
+        (0..self.len()).map(|i| (self.key(i), self.value(i)))
+    }
+
+    /// Binary search by key.
+    pub fn search(&self, key: &Key) -> std::result::Result<usize, usize> {
+        self.slots.binary_search_by(|s| s.key.cmp(key))
+    }
+
+    /// The index of the first item whose key fails `pred` (keys must be partitioned by it).
+    pub fn partition_point(&self, pred: impl Fn(&Key) -> bool) -> usize {
+        self.slots.partition_point(|s| pred(&s.key))
+    }
+
+    /// Body bytes of item `i` in an encoded node.
+    pub fn item_bytes(&self, i: usize) -> usize {
+        ITEM_HEADER_SIZE + self.slots[i].len as usize
+    }
+
+    fn store(&mut self, value: &[u8]) -> u32 {
+        let off = self.data.len() as u32;
+        self.data.extend_from_slice(value);
+        off
+    }
+
+    /// Appends an item; its key must be above every key held.
+    pub fn push(&mut self, key: Key, value: &[u8]) {
+        let off = self.store(value);
+        self.slots.push(Slot {
+            key,
+            off,
+            len: value.len() as u32,
+        });
+    }
+
+    /// Inserts or replaces; returns the replaced value's length.
+    fn insert(&mut self, key: Key, value: &[u8]) -> Option<usize> {
+        match self.search(&key) {
+            Ok(at) => {
+                let old = self.slots[at];
+                if old.len as usize == value.len() {
+                    let o = old.off as usize;
+                    self.data[o..o + value.len()].copy_from_slice(value);
+                } else {
+                    self.garbage += old.len as usize;
+                    let off = self.store(value);
+                    self.slots[at].off = off;
+                    self.slots[at].len = value.len() as u32;
+                    self.maybe_compact();
+                }
+                Some(old.len as usize)
+            }
+            Err(at) => {
+                let off = self.store(value);
+                self.slots.insert(
+                    at,
+                    Slot {
+                        key,
+                        off,
+                        len: value.len() as u32,
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Removes item `at`, returning its value's length.
+    fn remove_at(&mut self, at: usize) -> usize {
+        let s = self.slots.remove(at);
+        self.garbage += s.len as usize;
+        self.maybe_compact();
+        s.len as usize
+    }
+
+    fn maybe_compact(&mut self) {
+        // Keep the buffer within about twice its live bytes, so memory stays bounded.
+        if self.garbage > 4096 && self.garbage > self.data.len() / 2 {
+            *self = self.rebuilt(0..self.len());
+        }
+    }
+
+    fn rebuilt(&self, range: std::ops::Range<usize>) -> Leaf {
+        let live: usize = range.clone().map(|i| self.slots[i].len as usize).sum();
+        let mut out = Leaf {
+            slots: Vec::with_capacity(range.len()),
+            data: Vec::with_capacity(live),
+            garbage: 0,
+        };
+        for i in range {
+            out.push(self.key(i), self.value(i));
+        }
+        out
+    }
+
+    /// Splits off items `at..` into a new leaf.
+    pub fn split_off(&mut self, at: usize) -> Leaf {
+        let right = self.rebuilt(at..self.len());
+        *self = self.rebuilt(0..at);
+        right
+    }
+
+    /// Appends every item of `other`, whose keys are all above this leaf's.
+    pub fn append(&mut self, other: &Leaf) {
+        for (k, v) in other.iter() {
+            self.push(k, v);
+        }
+    }
 }
 
 /// One pointer of an internal node. `key` is the first key of the child's subtree.
@@ -53,7 +204,7 @@ pub struct ChildPtr {
 /// What a node holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeBody {
-    Leaf(Vec<LeafItem>),
+    Leaf(Leaf),
     Internal(Vec<ChildPtr>),
 }
 
@@ -98,7 +249,7 @@ impl Node {
             generation,
             owner,
             level: 0,
-            body: NodeBody::Leaf(Vec::new()),
+            body: NodeBody::Leaf(Leaf::default()),
             used: 0,
         }
     }
@@ -142,16 +293,16 @@ impl Node {
     /// The first key, if any.
     pub fn first_key(&self) -> Option<Key> {
         match &self.body {
-            NodeBody::Leaf(items) => items.first().map(|i| i.key),
+            NodeBody::Leaf(leaf) => (!leaf.is_empty()).then(|| leaf.key(0)),
             NodeBody::Internal(ptrs) => ptrs.first().map(|p| p.key),
         }
     }
 
-    /// Leaf items (empty for an internal node).
-    pub fn items(&self) -> &[LeafItem] {
+    /// The leaf's items (`None` for an internal node).
+    pub fn leaf(&self) -> Option<&Leaf> {
         match &self.body {
-            NodeBody::Leaf(items) => items,
-            NodeBody::Internal(_) => &[],
+            NodeBody::Leaf(leaf) => Some(leaf),
+            NodeBody::Internal(_) => None,
         }
     }
 
@@ -166,53 +317,44 @@ impl Node {
     /// Recomputes the byte count after the body was replaced wholesale.
     pub fn recount(&mut self) {
         self.used = match &self.body {
-            NodeBody::Leaf(items) => items.iter().map(|i| ITEM_HEADER_SIZE + i.value.len()).sum(),
+            NodeBody::Leaf(leaf) => (0..leaf.len()).map(|i| leaf.item_bytes(i)).sum(),
             NodeBody::Internal(ptrs) => ptrs.len() * PTR_SIZE,
         };
     }
 
-    /// Inserts or replaces the item with `key` in a leaf. Returns the old value if replaced.
-    pub fn leaf_insert(&mut self, key: Key, value: &[u8]) -> Option<Vec<u8>> {
-        let NodeBody::Leaf(items) = &mut self.body else {
-            return None;
+    /// Inserts or replaces the item with `key` in a leaf; returns whether it replaced one.
+    pub fn leaf_insert(&mut self, key: Key, value: &[u8]) -> bool {
+        let NodeBody::Leaf(leaf) = &mut self.body else {
+            return false;
         };
-        match items.binary_search_by(|i| i.key.cmp(&key)) {
-            Ok(at) => {
-                self.used = self.used - items[at].value.len() + value.len();
-                Some(std::mem::replace(&mut items[at].value, value.to_vec()))
+        match leaf.insert(key, value) {
+            Some(old) => {
+                self.used = self.used - old + value.len();
+                true
             }
-            Err(at) => {
+            None => {
                 self.used += ITEM_HEADER_SIZE + value.len();
-                items.insert(
-                    at,
-                    LeafItem {
-                        key,
-                        value: value.to_vec(),
-                    },
-                );
-                None
+                false
             }
         }
     }
 
-    /// Removes the item with `key` from a leaf, returning its value.
-    pub fn leaf_remove(&mut self, key: &Key) -> Option<Vec<u8>> {
-        let NodeBody::Leaf(items) = &mut self.body else {
-            return None;
+    /// Removes the item with `key` from a leaf; returns whether it was there.
+    pub fn leaf_remove(&mut self, key: &Key) -> bool {
+        let NodeBody::Leaf(leaf) = &mut self.body else {
+            return false;
         };
-        let at = items.binary_search_by(|i| i.key.cmp(key)).ok()?;
-        let item = items.remove(at);
-        self.used -= ITEM_HEADER_SIZE + item.value.len();
-        Some(item.value)
+        let Ok(at) = leaf.search(key) else {
+            return false;
+        };
+        self.used -= ITEM_HEADER_SIZE + leaf.remove_at(at);
+        true
     }
 
     /// The value of `key` in a leaf.
     pub fn leaf_get(&self, key: &Key) -> Option<&[u8]> {
-        let items = self.items();
-        items
-            .binary_search_by(|i| i.key.cmp(key))
-            .ok()
-            .map(|at| items[at].value.as_slice())
+        let leaf = self.leaf()?;
+        leaf.search(key).ok().map(|at| leaf.value(at))
     }
 
     /// In an internal node, the index of the child whose subtree may hold `key`: the last
@@ -248,15 +390,15 @@ impl Node {
         put_u64(buf, OFF_OWNER, self.owner);
         put_u32(buf, OFF_NRITEMS, self.len() as u32);
         match &self.body {
-            NodeBody::Leaf(items) => {
+            NodeBody::Leaf(leaf) => {
                 let mut data_end = node_size;
-                for (i, item) in items.iter().enumerate() {
+                for (i, (key, value)) in leaf.iter().enumerate() {
                     let at = HEADER_SIZE + i * ITEM_HEADER_SIZE;
-                    let start = data_end - item.value.len();
-                    buf[at..at + Key::ENCODED_SIZE].copy_from_slice(&item.key.encode());
+                    let start = data_end - value.len();
+                    buf[at..at + Key::ENCODED_SIZE].copy_from_slice(&key.encode());
                     put_u32(buf, at + 17, start as u32);
-                    put_u32(buf, at + 21, item.value.len() as u32);
-                    buf[start..data_end].copy_from_slice(&item.value);
+                    put_u32(buf, at + 21, value.len() as u32);
+                    buf[start..data_end].copy_from_slice(value);
                     data_end = start;
                 }
             }
@@ -337,7 +479,7 @@ impl Node {
                 return Err(bad(format!("{nritems} items cannot fit")));
             }
             let headers_end = HEADER_SIZE + nritems * ITEM_HEADER_SIZE;
-            let mut items: Vec<LeafItem> = Vec::with_capacity(nritems);
+            let mut slots: Vec<Slot> = Vec::with_capacity(nritems);
             let mut data_end = node_size;
             for i in 0..nritems {
                 let at = HEADER_SIZE + i * ITEM_HEADER_SIZE;
@@ -351,7 +493,7 @@ impl Node {
                         "item {i}: value at {start} size {size} is not packed (expected end {data_end})"
                     )));
                 }
-                if let Some(prev) = items.last()
+                if let Some(prev) = slots.last()
                     && prev.key >= key
                 {
                     return Err(bad(format!(
@@ -359,13 +501,22 @@ impl Node {
                         prev.key
                     )));
                 }
-                items.push(LeafItem {
+                slots.push(Slot {
                     key,
-                    value: buf[start..data_end].to_vec(),
+                    off: start as u32,
+                    len: size as u32,
                 });
                 data_end = start;
             }
-            NodeBody::Leaf(items)
+            // The values are one packed area: copy it once, offsets relative to it.
+            for s in &mut slots {
+                s.off -= data_end as u32;
+            }
+            NodeBody::Leaf(Leaf {
+                slots,
+                data: buf[data_end..].to_vec(),
+                garbage: 0,
+            })
         } else {
             if nritems == 0 || nritems > max_ptrs(node_size) {
                 return Err(bad(format!("internal node with {nritems} pointers")));
@@ -590,19 +741,44 @@ mod tests {
         );
     }
 
+    proptest! {
+        #[test]
+        fn edited_leaves_encode_what_they_hold(
+            ops in proptest::collection::vec((0u64..40, 0usize..120, any::<bool>()), 1..400),
+        ) {
+            let mut n = Node::new_leaf(4096, 3, 256);
+            let mut model = std::collections::BTreeMap::new();
+            for (k, len, del) in ops {
+                let key = Key::new(k, 1, 0);
+                if del {
+                    prop_assert_eq!(n.leaf_remove(&key), model.remove(&key).is_some());
+                } else if n.used() + ITEM_HEADER_SIZE + len <= 4096 - HEADER_SIZE - 200 {
+                    let v = vec![len as u8; len];
+                    prop_assert_eq!(n.leaf_insert(key, &v), model.insert(key, v).is_some());
+                }
+            }
+            let want: Vec<(Key, &[u8])> = model.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let got: Vec<(Key, &[u8])> = n.leaf().unwrap().iter().collect();
+            prop_assert_eq!(got, want);
+            let used = n.used();
+            n.recount();
+            prop_assert_eq!(n.used(), used);
+            let buf = n.encode(&UUID, 4096).unwrap();
+            prop_assert_eq!(Node::decode(&buf, &expect(&n)).unwrap(), n);
+        }
+    }
+
     #[test]
     fn leaf_edits_keep_the_byte_count() {
         let mut n = Node::new_leaf(4096, 1, 256);
-        assert_eq!(n.leaf_insert(Key::new(5, 0, 0), b"abc"), None);
-        assert_eq!(n.leaf_insert(Key::new(3, 0, 0), b"z"), None);
-        assert_eq!(
-            n.leaf_insert(Key::new(5, 0, 0), b"longer"),
-            Some(b"abc".to_vec())
-        );
+        assert!(!n.leaf_insert(Key::new(5, 0, 0), b"abc"));
+        assert!(!n.leaf_insert(Key::new(3, 0, 0), b"z"));
+        assert!(n.leaf_insert(Key::new(5, 0, 0), b"longer"));
         assert_eq!(n.used(), 2 * ITEM_HEADER_SIZE + 7);
         assert_eq!(n.leaf_get(&Key::new(5, 0, 0)), Some(&b"longer"[..]));
         assert_eq!(n.first_key(), Some(Key::new(3, 0, 0)));
-        assert_eq!(n.leaf_remove(&Key::new(3, 0, 0)), Some(b"z".to_vec()));
+        assert!(n.leaf_remove(&Key::new(3, 0, 0)));
+        assert!(!n.leaf_remove(&Key::new(3, 0, 0)));
         assert_eq!(n.used(), ITEM_HEADER_SIZE + 6);
         let before = n.used();
         n.recount();

@@ -306,11 +306,9 @@ impl WriteTxn<'_> {
     /// The data references a leaf's items carry, by the registered parser.
     fn leaf_data_refs(&self, leaf: &Node) -> Vec<ItemDataRef> {
         match &self.data_refs {
-            Some(p) if leaf.level == 0 => leaf
-                .items()
-                .iter()
-                .filter_map(|i| p.data_ref(&i.key, &i.value))
-                .collect(),
+            Some(p) => leaf.leaf().map_or_else(Vec::new, |l| {
+                l.iter().filter_map(|(k, v)| p.data_ref(&k, v)).collect()
+            }),
             _ => Vec::new(),
         }
     }
@@ -367,8 +365,8 @@ pub(crate) fn expected_backrefs(
 ) -> BTreeMap<(u64, DataRefOwner), (u64, u64)> {
     let mut out: BTreeMap<(u64, DataRefOwner), (u64, u64)> = BTreeMap::new();
     for leaf in leaves {
-        for i in leaf.items() {
-            if let Some(r) = parser.data_ref(&i.key, &i.value) {
+        for (k, v) in leaf.leaf().into_iter().flat_map(|l| l.iter()) {
+            if let Some(r) = parser.data_ref(&k, v) {
                 let o = DataRefOwner {
                     root: leaf.owner,
                     inode: r.inode,
