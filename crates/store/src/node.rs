@@ -427,6 +427,13 @@ impl Node {
     /// generation, level, then every item (sorted keys, canonical packing of values, pointer
     /// fields). Never panics on any input.
     pub fn decode(buf: &[u8], expect: &Expect) -> Result<Node> {
+        Node::decode_owned(buf.to_vec(), expect)
+    }
+
+    /// [`Node::decode`] taking the buffer: a leaf keeps it as its value buffer, so reading a
+    /// leaf copies nothing.
+    pub fn decode_owned(owned: Vec<u8>, expect: &Expect) -> Result<Node> {
+        let buf: &[u8] = &owned;
         let bad = |reason: String| Error::BadNode {
             bytenr: expect.bytenr,
             reason,
@@ -508,14 +515,12 @@ impl Node {
                 });
                 data_end = start;
             }
-            // The values are one packed area: copy it once, offsets relative to it.
-            for s in &mut slots {
-                s.off -= data_end as u32;
-            }
+            // The values are one packed area at the end of the buffer; the bytes before it count
+            // as garbage, dropped by the first compaction.
             NodeBody::Leaf(Leaf {
                 slots,
-                data: buf[data_end..].to_vec(),
-                garbage: 0,
+                data: Vec::new(),
+                garbage: data_end,
             })
         } else {
             if nritems == 0 || nritems > max_ptrs(node_size) {
@@ -559,6 +564,9 @@ impl Node {
             body,
             used: 0,
         };
+        if let NodeBody::Leaf(leaf) = &mut node.body {
+            leaf.data = owned;
+        }
         node.recount();
         Ok(node)
     }

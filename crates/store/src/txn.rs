@@ -166,8 +166,8 @@ impl NodeRead for DevReader<'_> {
         let physical = self.chunks.to_physical(bytenr, self.node_size as u64)?;
         let mut buf = vec![0u8; self.node_size];
         self.dev.read_at(&mut buf, physical)?;
-        let n = Arc::new(Node::decode(
-            &buf,
+        let n = Arc::new(Node::decode_owned(
+            buf,
             &Expect {
                 fs_uuid: self.fs_uuid,
                 bytenr,
