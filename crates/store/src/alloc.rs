@@ -176,15 +176,6 @@ pub struct Allocator {
     node_size: u64,
     sector_size: u64,
     meta_reserve: u64,
-    hints: [u64; 3],
-}
-
-fn kind_index(k: ChunkKind) -> usize {
-    match k {
-        ChunkKind::System => 0,
-        ChunkKind::Metadata => 1,
-        ChunkKind::Data => 2,
-    }
 }
 
 fn kind_name(k: ChunkKind) -> &'static str {
@@ -251,7 +242,6 @@ impl Allocator {
             node_size,
             sector_size,
             meta_reserve,
-            hints: [0; 3],
         })
     }
 
@@ -289,30 +279,15 @@ impl Allocator {
         } else {
             self.node_size
         };
-        let hint = self.hints[kind_index(kind)];
-        // Chunks from the one holding the hint onwards, then the rest.
-        let order: Vec<u64> = self
-            .chunks
-            .values()
-            .filter(|c| c.mapping.kind == kind)
-            .map(|c| c.mapping.logical)
-            .collect();
-        let first = order
-            .iter()
-            .position(|&l| self.chunks[&l].mapping.contains(hint))
-            .unwrap_or(0);
-        for i in 0..order.len() {
-            let logical = order[(first + i) % order.len()];
-            let c = self.chunks.get_mut(&logical).ok_or_else(no_space)?;
-            let h = if c.mapping.contains(hint) {
-                hint
-            } else {
-                c.mapping.logical
-            };
-            if let Some(at) = c.free.find(len, align, h) {
+        // First fit from the lowest address: metadata stays compact, and space is reused as
+        // soon as it is released, so a block reused too early shows up at once in tests.
+        for (&logical, c) in self.chunks.iter_mut() {
+            if c.mapping.kind != kind {
+                continue;
+            }
+            if let Some(at) = c.free.find(len, align, c.mapping.logical) {
                 c.free.remove(at, len)?;
                 self.dirty.insert(logical);
-                self.hints[kind_index(kind)] = at + len;
                 return Ok(at);
             }
         }

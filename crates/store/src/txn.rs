@@ -462,14 +462,17 @@ impl Store {
 
     /// A read view of the last committed generation.
     pub fn read(&self) -> ReadTxn {
-        let state = self.shared.committed();
-        *self
+        // Register under the readers lock, taken before the roots are read: a commit publishes
+        // its roots before it looks at the readers, so it either sees this reader or this reader
+        // sees its roots, and never frees blocks this reader is about to read.
+        let mut readers = self
             .shared
             .readers
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(state.generation)
-            .or_default() += 1;
+            .unwrap_or_else(|p| p.into_inner());
+        let state = self.shared.committed();
+        *readers.entry(state.generation).or_default() += 1;
+        drop(readers);
         ReadTxn {
             shared: self.shared.clone(),
             state,
@@ -1448,20 +1451,30 @@ mod tests {
         store.check().unwrap();
     }
 
+    /// Options under which freed blocks are soon reused: little metadata, a tiny cache.
+    fn tight_opts() -> MkfsOptions {
+        MkfsOptions {
+            node_size: 4096,
+            metadata_percent: 30,
+            cache_bytes: 0,
+            ..MkfsOptions::default()
+        }
+    }
+
     #[test]
     fn readers_keep_their_generation_during_commits() {
-        let dev = Arc::new(MemDevice::new(32 * MIB));
-        let store = Store::create(dev, small_opts()).unwrap();
+        let dev = Arc::new(MemDevice::new(8 * MIB));
+        let store = Store::create(dev, tight_opts()).unwrap();
         let mut t = store.begin().unwrap();
         t.create_tree(256).unwrap();
-        for i in 0..500 {
+        for i in 0..3000 {
             t.insert(256, k(i), b"old").unwrap();
         }
         t.commit().unwrap();
         let reader = store.read();
-        for round in 0..5 {
+        for round in 0..8 {
             let mut t = store.begin().unwrap();
-            for i in 0..500 {
+            for i in 0..3000 {
                 t.insert(256, k(i), format!("new {round}").as_bytes())
                     .unwrap();
             }
@@ -1474,13 +1487,22 @@ mod tests {
                 .unwrap()
                 .filter(|r| r.as_ref().unwrap().1 == b"old")
                 .count(),
-            500
+            3000
         );
         reader.check().unwrap();
         drop(reader);
+        // With the reader gone its space is reused: many more rounds fit.
+        for round in 8..28 {
+            let mut t = store.begin().unwrap();
+            for i in 0..3000 {
+                t.insert(256, k(i), format!("new {round}").as_bytes())
+                    .unwrap();
+            }
+            t.commit().unwrap();
+        }
         assert_eq!(
             store.read().get(256, &k(7)).unwrap().as_deref(),
-            Some(&b"new 4"[..])
+            Some(&b"new 27"[..])
         );
         store.check().unwrap();
     }
@@ -1687,5 +1709,49 @@ mod tests {
         t.commit().unwrap();
         store.check().unwrap();
         assert_eq!(store.stats().data.free, total - got);
+    }
+
+    /// A reader thread scans its generation over and over while the writer commits rewrites of
+    /// every item: the reader always sees its own generation whole.
+    #[test]
+    fn readers_work_during_commits_on_other_threads() {
+        let dev = Arc::new(MemDevice::new(8 * MIB));
+        let store = Arc::new(Store::create(dev, tight_opts()).unwrap());
+        let mut t = store.begin().unwrap();
+        t.create_tree(256).unwrap();
+        for i in 0..800 {
+            t.insert(256, k(i), b"gen0").unwrap();
+        }
+        t.commit().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut scans = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || scans < 3 {
+                    let r = store.read();
+                    let items: Vec<_> = r.range(256, ..).unwrap().map(|x| x.unwrap()).collect();
+                    assert_eq!(items.len(), 800);
+                    // One generation: every value the same.
+                    assert!(
+                        items.iter().all(|(_, v)| *v == items[0].1),
+                        "mixed generations"
+                    );
+                    scans += 1;
+                }
+                scans
+            })
+        };
+        for round in 1..=20 {
+            let mut t = store.begin().unwrap();
+            for i in 0..800 {
+                t.insert(256, k(i), format!("gen{round}").as_bytes())
+                    .unwrap();
+            }
+            t.commit().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() >= 3);
+        store.check().unwrap();
     }
 }
