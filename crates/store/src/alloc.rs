@@ -170,12 +170,22 @@ pub struct ChunkSpace {
 pub struct Allocator {
     chunks: BTreeMap<u64, ChunkSpace>,
     /// generation that freed them -> ranges
-    pinned: BTreeMap<u64, Vec<(u64, u64)>>,
+    /// freeing generation -> (start, length, generation that wrote the block)
+    pinned: BTreeMap<u64, Vec<(u64, u64, u64)>>,
     /// Chunks whose free-space tree items may be stale.
     dirty: BTreeSet<u64>,
     node_size: u64,
     sector_size: u64,
     meta_reserve: u64,
+    hints: [u64; 3],
+}
+
+fn kind_index(k: ChunkKind) -> usize {
+    match k {
+        ChunkKind::System => 0,
+        ChunkKind::Metadata => 1,
+        ChunkKind::Data => 2,
+    }
 }
 
 fn kind_name(k: ChunkKind) -> &'static str {
@@ -242,6 +252,7 @@ impl Allocator {
             node_size,
             sector_size,
             meta_reserve,
+            hints: [0; 3],
         })
     }
 
@@ -279,15 +290,30 @@ impl Allocator {
         } else {
             self.node_size
         };
-        // First fit from the lowest address: metadata stays compact, and space is reused as
-        // soon as it is released, so a block reused too early shows up at once in tests.
-        for (&logical, c) in self.chunks.iter_mut() {
-            if c.mapping.kind != kind {
-                continue;
-            }
-            if let Some(at) = c.free.find(len, align, c.mapping.logical) {
+        let hint = self.hints[kind_index(kind)];
+        // Chunks from the one holding the hint onwards, then the rest.
+        let order: Vec<u64> = self
+            .chunks
+            .values()
+            .filter(|c| c.mapping.kind == kind)
+            .map(|c| c.mapping.logical)
+            .collect();
+        let first = order
+            .iter()
+            .position(|&l| self.chunks[&l].mapping.contains(hint))
+            .unwrap_or(0);
+        for i in 0..order.len() {
+            let logical = order[(first + i) % order.len()];
+            let c = self.chunks.get_mut(&logical).ok_or_else(no_space)?;
+            let h = if c.mapping.contains(hint) {
+                hint
+            } else {
+                c.mapping.logical
+            };
+            if let Some(at) = c.free.find(len, align, h) {
                 c.free.remove(at, len)?;
                 self.dirty.insert(logical);
+                self.hints[kind_index(kind)] = at + len;
                 return Ok(at);
             }
         }
@@ -317,9 +343,10 @@ impl Allocator {
         Ok(())
     }
 
-    /// Frees a range that committed state references: pinned until generation `generation` is
-    /// durable and no reader is older.
-    pub fn pin(&mut self, start: u64, len: u64, generation: u64) -> Result<()> {
+    /// Frees a range that committed state references: pinned until generation `freed` is
+    /// durable and no reader looks at a generation in `created..freed` (the generations whose
+    /// state holds the range; `created` is the generation that wrote it, 0 if unknown).
+    pub fn pin(&mut self, start: u64, len: u64, freed: u64, created: u64) -> Result<()> {
         let c = self.chunk_of(start, len)?;
         if c.free.overlaps(start, len) {
             return Err(Error::Corrupt(format!("range {start}+{len} freed twice")));
@@ -328,21 +355,32 @@ impl Allocator {
         let l = c.mapping.logical;
         self.dirty.insert(l);
         self.pinned
-            .entry(generation)
+            .entry(freed)
             .or_default()
-            .push((start, len));
+            .push((start, len, created));
         Ok(())
     }
 
-    /// Makes allocatable everything pinned by generations up to `generation`.
-    pub fn unpin_through(&mut self, generation: u64) -> Result<()> {
-        let later = self.pinned.split_off(&(generation + 1));
-        let done = std::mem::replace(&mut self.pinned, later);
-        for (start, len) in done.into_values().flatten() {
-            let c = self.chunk_of(start, len)?;
-            c.pinned.remove(start, len)?;
-            c.free.insert(start, len)?;
-            // Free plus pinned is unchanged, so the free-space tree is too.
+    /// Makes allocatable every pinned range freed by a generation up to `durable` that no
+    /// reader in `readers` (generations of live read views) may still read.
+    pub fn release_pinned(&mut self, durable: u64, readers: &[u64]) -> Result<()> {
+        let gens: Vec<u64> = self.pinned.range(..=durable).map(|(g, _)| *g).collect();
+        for freed in gens {
+            let entries = self.pinned.remove(&freed).unwrap_or_default();
+            let mut keep = Vec::new();
+            for (start, len, created) in entries {
+                if readers.iter().any(|&r| created <= r && r < freed) {
+                    keep.push((start, len, created));
+                    continue;
+                }
+                let c = self.chunk_of(start, len)?;
+                c.pinned.remove(start, len)?;
+                c.free.insert(start, len)?;
+                // Free plus pinned is unchanged, so the free-space tree is too.
+            }
+            if !keep.is_empty() {
+                self.pinned.insert(freed, keep);
+            }
         }
         Ok(())
     }
@@ -462,16 +500,19 @@ mod tests {
         // A delete may use the reserve.
         let r = a.alloc(ChunkKind::Metadata, 4096, true).unwrap();
         a.free_now(r, 4096).unwrap();
-        a.pin(got[0], 4096, 7).unwrap();
-        assert!(a.pin(got[0], 4096, 7).is_err(), "double free refused");
+        a.pin(got[0], 4096, 7, 3).unwrap();
+        assert!(a.pin(got[0], 4096, 7, 3).is_err(), "double free refused");
         assert_eq!(a.stats(ChunkKind::Metadata).pinned, 4096);
         assert!(matches!(
             a.alloc(ChunkKind::Metadata, 4096, false),
             Err(Error::NoSpace { .. })
         ));
-        a.unpin_through(6).unwrap();
+        a.release_pinned(6, &[]).unwrap();
         assert_eq!(a.stats(ChunkKind::Metadata).pinned, 4096);
-        a.unpin_through(7).unwrap();
+        // A reader of generation 3..7 still sees the block; one of 2 or of 7 does not.
+        a.release_pinned(7, &[5]).unwrap();
+        assert_eq!(a.stats(ChunkKind::Metadata).pinned, 4096);
+        a.release_pinned(7, &[2, 7]).unwrap();
         assert_eq!(a.stats(ChunkKind::Metadata).free, reserve + 4096);
         a.alloc(ChunkKind::Metadata, 4096, false).unwrap();
         assert!(matches!(
@@ -489,10 +530,10 @@ mod tests {
         let (del, ins) = a.fst_changes();
         assert_eq!(del, vec![(1 << 20, 1 << 20)]);
         assert_eq!(ins, vec![(b + 4096, (1 << 20) - 4096)]);
-        a.pin(b, 4096, 3).unwrap();
+        a.pin(b, 4096, 3, 1).unwrap();
         let (del, ins) = a.fst_changes();
         assert_eq!((del.len(), ins), (1, vec![(1 << 20, 1 << 20)]));
-        a.unpin_through(3).unwrap();
+        a.release_pinned(3, &[]).unwrap();
         assert!(!a.has_dirty());
     }
 }

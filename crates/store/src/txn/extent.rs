@@ -252,7 +252,8 @@ impl WriteTxn<'_> {
             if self.new_data.remove(&bytenr) {
                 self.alloc.free_now(bytenr, len)
             } else {
-                self.alloc.pin(bytenr, len, self.generation)
+                // The generation that wrote the extent is not recorded: any reader holds it.
+                self.alloc.pin(bytenr, len, self.generation, 0)
             }
         } else {
             self.set_extent_refs(&e, e.refs - n)
