@@ -221,10 +221,9 @@ impl Allocator {
         let mut map = BTreeMap::new();
         let mut meta_total = 0;
         for (m, free) in chunks {
-            if let Some((s, l)) = free
-                .iter()
-                .find(|&(s, l)| s < m.logical || s + l > m.logical_end())
-            {
+            if let Some((s, l)) = free.iter().find(|&(s, l)| {
+                s < m.logical || s.checked_add(l).is_none_or(|e| e > m.logical_end())
+            }) {
                 return Err(Error::Corrupt(format!(
                     "free range {s}+{l} outside its chunk at {}",
                     m.logical
@@ -279,6 +278,10 @@ impl Allocator {
             kind: kind_name(kind),
             needed: len,
         };
+        // No chunk is this large; refusing here keeps the address arithmetic below in range.
+        if len == 0 || len > 1 << 50 {
+            return Err(no_space());
+        }
         if kind == ChunkKind::Metadata && !use_reserve {
             let free = self.stats(kind).free;
             if free < len + self.meta_reserve {

@@ -368,7 +368,11 @@ impl Store {
             let m = chunks
                 .lookup(key.objectid)
                 .ok_or_else(|| Error::Corrupt(format!("free space {key:?} in no chunk")))?;
-            if key.item_type != item_type::FREE_SPACE_EXTENT || key.offset == 0 {
+            let inside = key
+                .objectid
+                .checked_add(key.offset)
+                .is_some_and(|end| end <= m.logical_end());
+            if key.item_type != item_type::FREE_SPACE_EXTENT || key.offset == 0 || !inside {
                 return Err(Error::Corrupt(format!(
                     "free-space tree holds item {key:?}"
                 )));
@@ -1253,7 +1257,11 @@ impl ReadTxn {
                         .ok_or_else(|| Error::Corrupt(format!("extent {key:?} vanished")))?;
                     let m = self.shared.chunks.lookup(key.objectid);
                     if m.is_none_or(|m| {
-                        m.kind != ChunkKind::Data || key.objectid + key.offset > m.logical_end()
+                        m.kind != ChunkKind::Data
+                            || key
+                                .objectid
+                                .checked_add(key.offset)
+                                .is_none_or(|end| end > m.logical_end())
                     }) {
                         return Err(Error::Corrupt(format!(
                             "data extent {key:?} is not inside one data chunk"
@@ -1330,7 +1338,11 @@ impl ReadTxn {
                 .shared
                 .chunks
                 .lookup(key.objectid)
-                .filter(|m| key.objectid + key.offset <= m.logical_end())
+                .filter(|m| {
+                    key.objectid
+                        .checked_add(key.offset)
+                        .is_some_and(|end| end <= m.logical_end())
+                })
                 .ok_or_else(|| {
                     Error::Corrupt(format!("free space {key:?} is not inside one chunk"))
                 })?;
