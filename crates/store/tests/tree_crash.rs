@@ -131,3 +131,69 @@ fn every_crash_image_opens_at_a_returned_commit() {
     // The images covered every commit, so the test saw each generation survive.
     assert_eq!(seen_gens.len(), returned.len(), "{images} images");
 }
+
+/// A device that fails part way through a commit: the commit returns an error, the store refuses
+/// further writes, readers keep their view, and the image reopens at the old generation (or at
+/// the new one whole, when only the last flush failed) and passes the checker.
+#[test]
+fn failed_commit_changes_nothing_visible() {
+    use store::crash::FaultyDevice;
+    let mem = Arc::new(MemDevice::new(6 << 20));
+    let opts = MkfsOptions {
+        node_size: 4096,
+        metadata_percent: 40,
+        ..MkfsOptions::default()
+    };
+    let store = Store::create(mem.clone(), opts).unwrap();
+    let mut t = store.begin().unwrap();
+    t.create_tree(TREE).unwrap();
+    for i in 0..500 {
+        t.insert(TREE, Key::new(i, 1, 0), b"old").unwrap();
+    }
+    let old_gen = t.commit().unwrap();
+    drop(store);
+    let base = mem.snapshot();
+    let mut failures = 0;
+    for n in 0..80 {
+        let dev = Arc::new(FaultyDevice::new(MemDevice::from_bytes(base.clone())));
+        let store = Store::open(dev.clone() as Arc<dyn BlockDevice>).unwrap();
+        let mut t = store.begin().unwrap();
+        for i in 0..500 {
+            t.insert(TREE, Key::new(i, 1, 0), b"new").unwrap();
+        }
+        dev.fail_after(n);
+        if t.commit().is_ok() {
+            continue;
+        }
+        failures += 1;
+        assert!(
+            store.begin().is_err(),
+            "n={n}: writes after a failed commit"
+        );
+        let r = store.read();
+        assert_eq!(r.generation(), old_gen);
+        assert_eq!(
+            r.get(TREE, &Key::new(7, 1, 0)).unwrap().as_deref(),
+            Some(&b"old"[..])
+        );
+        drop((r, store));
+        let image = Arc::new(MemDevice::from_bytes(dev.inner().snapshot()));
+        let store = Store::open(image).unwrap_or_else(|e| panic!("n={n}: {e}"));
+        store.check().unwrap_or_else(|e| panic!("n={n}: {e}"));
+        let want: &[u8] = if store.generation() == old_gen {
+            b"old"
+        } else {
+            b"new"
+        };
+        assert!(store.generation() <= old_gen + 1);
+        let r = store.read();
+        assert!(
+            r.range(TREE, ..).unwrap().all(|x| x.unwrap().1 == want),
+            "n={n}"
+        );
+    }
+    assert!(
+        failures >= 5,
+        "only {failures} injected failures hit the commit"
+    );
+}
