@@ -1,16 +1,47 @@
 //! Crash consistency of the tree store: a long randomized workload (inserts, replaces, deletes,
 //! snapshots and drops, a commit every few dozen operations) is recorded, then every prefix of
 //! its device operations, with the last write torn and with the writes after the last flush
-//! reordered, is applied to the starting image. Every image must open, pass the checker, and
+//! reordered, is applied to the starting image. Every image must open, pass the checker (which
+//! also recomputes data back-references from the file extent items), and
 //! hold exactly a committed generation no older than the last commit that had returned.
 //!
-//! `COWCRYPT_CRASH_OPS` scales the workload (default 2000 operations, about ten seconds in a debug build).
+//! `COWCRYPT_CRASH_OPS` scales the workload (default 2000 operations, about twenty seconds in a debug
+//! build).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use store::crash::{CrashOptions, RecordingDevice, SplitMix64, crash_images};
-use store::{BlockDevice, Key, MemDevice, MkfsOptions, Store};
+use store::{BlockDevice, DataRefOwner, DataRefs, ItemDataRef, Key, MemDevice, MkfsOptions, Store};
+
+/// File extent items of the workload: key (inode, 2, file offset), value (extent, length).
+struct FileExtents;
+
+impl DataRefs for FileExtents {
+    fn data_ref(&self, key: &Key, value: &[u8]) -> Option<ItemDataRef> {
+        if key.item_type != 2 || value.len() != 16 {
+            return None;
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&value[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        Some(ItemDataRef {
+            bytenr: word(0),
+            len: word(8),
+            inode: key.objectid,
+            offset: key.offset,
+        })
+    }
+}
+
+fn extent_of(value: &[u8]) -> (u64, u64) {
+    let r = FileExtents
+        .data_ref(&Key::new(0, 2, 0), value)
+        .expect("a file extent value");
+    (r.bytenr, r.len)
+}
 
 const TREE: u64 = 256;
 type Model = BTreeMap<Key, Vec<u8>>;
@@ -35,6 +66,7 @@ fn every_crash_image_opens_at_a_returned_commit() {
         ..MkfsOptions::default()
     };
     let store = Store::create(mem.clone(), opts).unwrap();
+    store.set_data_refs(Arc::new(FileExtents));
     let mut t = store.begin().unwrap();
     t.create_tree(TREE).unwrap();
     let base_gen = t.commit().unwrap();
@@ -44,6 +76,7 @@ fn every_crash_image_opens_at_a_returned_commit() {
     // Record the workload.
     let rec = Arc::new(RecordingDevice::new(MemDevice::from_bytes(base.clone())));
     let store = Store::open(rec.clone() as Arc<dyn BlockDevice>).unwrap();
+    store.set_data_refs(Arc::new(FileExtents));
     let mut models: BTreeMap<u64, Model> = BTreeMap::new();
     models.insert(base_gen, Model::new());
     let mut returned: Vec<(usize, u64)> = vec![(0, base_gen)];
@@ -56,6 +89,33 @@ fn every_crash_image_opens_at_a_returned_commit() {
         let batch = 1 + rng.below(40);
         for _ in 0..batch {
             let k = Key::new(rng.below(300), 1, rng.below(4));
+            // File extents: written or removed with their data references kept in step (the
+            // tree first, then the references).
+            if rng.below(5) == 0 {
+                let fk = Key::new(rng.below(20), 2, rng.below(8) * 4096);
+                let owner = DataRefOwner {
+                    root: TREE,
+                    inode: fk.objectid,
+                    offset: fk.offset,
+                };
+                let old = model.get(&fk).cloned();
+                if rng.below(3) == 0 {
+                    t.delete(TREE, &fk).unwrap();
+                    model.remove(&fk);
+                } else {
+                    let len = 4096 * (1 + rng.below(3));
+                    let e = t.alloc_data_extent(len, owner).unwrap();
+                    let v: Vec<u8> = [e, len].iter().flat_map(|x| x.to_le_bytes()).collect();
+                    t.insert(TREE, fk, &v).unwrap();
+                    model.insert(fk, v);
+                }
+                if let Some(v) = old {
+                    let (e, len) = extent_of(&v);
+                    t.drop_data_ref(e, len, owner, 1).unwrap();
+                }
+                done += 1;
+                continue;
+            }
             match rng.below(10) {
                 0..=5 => {
                     let len = rng.below(400) as usize;
@@ -106,6 +166,7 @@ fn every_crash_image_opens_at_a_returned_commit() {
         let what = &img.description;
         let store =
             Store::open(Arc::new(img.image)).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+        store.set_data_refs(Arc::new(FileExtents));
         let g = store.generation();
         assert!(
             g >= need,
