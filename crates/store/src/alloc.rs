@@ -1,8 +1,11 @@
 //! Space: which logical bytes of each chunk are free, allocated, or pinned.
 //!
 //! Freed blocks are *pinned*: they stay out of allocation until the commit that freed them is
-//! durable and no reader still looks at an older generation, so a crash or a slow reader never
-//! sees a block it needs overwritten. On disk the free-space tree lists, per chunk, the ranges
+//! durable and no live reader looks at a generation that can see them (from the generation that
+//! wrote the block to the one before it was freed), so a crash or a slow reader never sees a
+//! block it needs overwritten, while a long-lived reader holds back only its own blocks.
+//! Allocation is next-fit per kind of chunk: new blocks of a commit land side by side, so its
+//! writes are mostly sequential. On disk the free-space tree lists, per chunk, the ranges
 //! that are free in the committed state (free plus pinned); mounting reads that tree and never
 //! scans the extent tree. [`Allocator::fst_changes`] gives the item changes that bring the tree
 //! in line with memory.
@@ -177,6 +180,7 @@ pub struct Allocator {
     node_size: u64,
     sector_size: u64,
     meta_reserve: u64,
+    /// Where the next search starts, per kind (next-fit).
     hints: [u64; 3],
 }
 
