@@ -24,6 +24,38 @@ pub trait BlockDevice: Send + Sync {
     fn size(&self) -> u64;
 }
 
+/// Shared and borrowed devices are devices, so wrappers such as the crash harness's recording
+/// device can sit over an `Arc<dyn BlockDevice>` as well as over a concrete one.
+impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+}
+
+impl<T: BlockDevice + ?Sized> BlockDevice for &T {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+}
+
 fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
     let len = len as u64;
     match offset.checked_add(len) {
@@ -163,6 +195,44 @@ mod tests {
             Err(Error::OutOfRange { .. })
         ));
         assert!(dev.read_at(&mut buf, u64::MAX - 1).is_err());
+    }
+
+    #[test]
+    fn shared_and_borrowed_devices_reach_the_same_bytes() {
+        let dev = std::sync::Arc::new(MemDevice::new(4096));
+        let shared: std::sync::Arc<dyn BlockDevice> = dev.clone();
+        shared.write_at(b"abc", 1).unwrap();
+        let borrowed: &dyn BlockDevice = &*dev;
+        let mut buf = [0u8; 3];
+        (&borrowed).read_at(&mut buf, 1).unwrap();
+        assert_eq!(&buf, b"abc");
+        assert_eq!(BlockDevice::size(&shared), 4096);
+        assert!(shared.write_at(b"abc", 4095).is_err());
+    }
+
+    #[test]
+    fn file_device_image_is_sparse_and_bounded() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let dev = FileDevice::create(&path, 1 << 30).unwrap();
+        dev.write_at(&[1u8; 4096], 512 << 20).unwrap();
+        dev.flush().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+        // Only what was written takes space (st_blocks counts 512-byte units).
+        assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+        assert!(matches!(
+            dev.write_at(&[0u8; 2], (1 << 30) - 1),
+            Err(Error::OutOfRange { .. })
+        ));
+        let mut buf = [0u8; 8];
+        assert!(dev.read_at(&mut buf, u64::MAX - 4).is_err());
+        drop(dev);
+        // Opened read-only, a write is an I/O error, not a panic.
+        let ro = FileDevice::open(&path, false).unwrap();
+        assert!(matches!(ro.write_at(&[0u8; 1], 0), Err(Error::Io { .. })));
+        assert!(FileDevice::open(&dir.path().join("missing"), false).is_err());
     }
 
     #[test]

@@ -6,8 +6,28 @@
 //! layer above, the way blk-crypto serves Linux filesystems.
 #![forbid(unsafe_code)]
 
+pub mod alloc;
+pub mod btree;
+pub mod cache;
+pub mod checksum;
+pub mod chunk;
+pub mod crash;
+pub mod data_io;
 pub mod device;
 pub mod error;
+pub mod key;
+pub mod node;
+pub mod superblock;
+pub mod txn;
 
+pub use checksum::{CSUM_SIZE, checksum};
+pub use chunk::{ChunkKind, ChunkMap, ChunkMapping};
+pub use data_io::{CryptError, DataCrypt, DataIo};
 pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use error::{Error, Result};
+pub use key::{Key, item_type, tree_id};
+pub use superblock::{Superblock, TreeRoot, read_superblock, write_superblocks};
+pub use txn::{
+    CheckReport, DataExtent, DataRefOwner, DataRefs, ItemDataRef, MkfsOptions, ReadTxn, RootItem,
+    Stats, Store, WriteTxn,
+};

@@ -1,0 +1,138 @@
+//! The node cache: decoded, verified nodes by logical address, bounded by bytes.
+//!
+//! Entries are checked against the reader's pointer (generation, level) on every hit, so an
+//! entry left over from a block's earlier life is never served for its new one. Eviction is
+//! CLOCK: a hit sets a mark, the hand clears marks and evicts unmarked entries, so memory stays
+//! under the bound however large the tree grows. Dirty nodes never live here: the transaction
+//! holds them until commit writes them out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::node::Node;
+
+struct Entry {
+    node: Arc<Node>,
+    referenced: AtomicBool,
+}
+
+struct Inner {
+    map: HashMap<u64, Entry>,
+    clock: VecDeque<u64>,
+    bytes: usize,
+}
+
+/// A bounded cache of decoded nodes.
+pub struct NodeCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    node_size: usize,
+}
+
+impl NodeCache {
+    /// A cache holding at most `capacity` bytes of nodes of `node_size` bytes (at least 16 nodes).
+    pub fn new(capacity: usize, node_size: usize) -> Self {
+        NodeCache {
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                clock: VecDeque::new(),
+                bytes: 0,
+            }),
+            capacity: capacity.max(16 * node_size),
+            node_size,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached node at `bytenr` if it is the one a pointer with `generation` and `level` names.
+    pub fn get(&self, bytenr: u64, generation: u64, level: u8) -> Option<Arc<Node>> {
+        let inner = self.lock();
+        let e = inner.map.get(&bytenr)?;
+        if e.node.generation != generation || e.node.level != level {
+            return None;
+        }
+        e.referenced.store(true, Ordering::Relaxed);
+        Some(e.node.clone())
+    }
+
+    /// Adds or replaces a node, evicting others to stay within the bound.
+    pub fn insert(&self, node: Arc<Node>) {
+        let mut inner = self.lock();
+        let bytenr = node.bytenr;
+        let fresh = inner
+            .map
+            .insert(
+                bytenr,
+                Entry {
+                    node,
+                    referenced: AtomicBool::new(false),
+                },
+            )
+            .is_none();
+        if fresh {
+            inner.clock.push_back(bytenr);
+            inner.bytes += self.node_size;
+        }
+        // Each round the hand either evicts or clears a mark, so this ends within two laps.
+        while inner.bytes > self.capacity {
+            let Some(b) = inner.clock.pop_front() else {
+                break;
+            };
+            let marked = inner
+                .map
+                .get(&b)
+                .is_some_and(|e| e.referenced.swap(false, Ordering::Relaxed));
+            if marked {
+                inner.clock.push_back(b);
+            } else if inner.map.remove(&b).is_some() {
+                inner.bytes -= self.node_size;
+            }
+        }
+    }
+
+    /// Drops the entry of a freed block.
+    pub fn remove(&self, bytenr: u64) {
+        let mut inner = self.lock();
+        if inner.map.remove(&bytenr).is_some() {
+            inner.bytes -= self.node_size;
+            // The clock slot stays and is dropped when the hand reaches it; compact when stale
+            // slots pile up so the clock stays proportional to the entries.
+            if inner.clock.len() > 2 * inner.map.len() + 64 {
+                let Inner { map, clock, .. } = &mut *inner;
+                let mut seen = std::collections::HashSet::new();
+                clock.retain(|b| map.contains_key(b) && seen.insert(*b));
+            }
+        }
+    }
+
+    /// Bytes of nodes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_generation_checked() {
+        let c = NodeCache::new(16 * 4096, 4096);
+        for i in 0..100u64 {
+            c.insert(Arc::new(Node::new_leaf(4096 * (i + 1), i, 256)));
+            // Keep touching node 1 so CLOCK keeps it.
+            assert!(c.get(4096, 0, 0).is_some(), "after {i}");
+        }
+        assert!(c.bytes() <= 16 * 4096);
+        assert!(c.get(4096 * 100, 99, 0).is_some());
+        assert!(c.get(4096 * 100, 98, 0).is_none(), "stale generation");
+        assert!(c.get(4096 * 100, 99, 1).is_none(), "wrong level");
+        assert!(c.get(4096 * 2, 1, 0).is_none(), "evicted");
+        c.remove(4096);
+        assert!(c.get(4096, 0, 0).is_none());
+    }
+}

@@ -1,0 +1,444 @@
+//! The one I/O path for file data, shaped like Linux's blk-crypto: the caller hands over
+//! plaintext and an optional crypt context, and this path encrypts on the way to the device and
+//! decrypts on the way back, so nothing above it handles ciphertext by hand.
+//!
+//! Addresses are an extent's logical start plus a byte offset inside the extent. The offset, not
+//! the physical or logical address, fixes the data unit number the crypt context sees, so an
+//! extent can be moved (by chunk or by relocation of its ciphertext) without re-encryption.
+//!
+//! Checksums are CRC-32C per sector over the bytes on the device, ciphertext when encrypted: scrub
+//! and relocation verify them with no key, and a read checks them before anything is decrypted,
+//! so a damaged sector is an error and never garbage plaintext.
+//!
+//! [`DataIo`] borrows the device and the chunk map for the length of a call or a batch; whoever
+//! owns the chunk map (the transaction layer) decides how it is shared.
+
+use crate::checksum::checksum;
+use crate::chunk::ChunkMap;
+use crate::device::BlockDevice;
+use crate::error::{Error, Result};
+
+/// The largest single request, so a hostile length in an extent item cannot make a read allocate
+/// without bound. Extents are never larger than this.
+pub const MAX_IO_BYTES: usize = 128 << 20;
+
+/// A failure reported by a crypt context.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CryptError(pub String);
+
+/// Encrypts and decrypts whole data units of one extent. Implemented by the fs layer with the
+/// extent's fscrypt key; the store never sees a key. Data unit `n` is the `n`-th unit of the
+/// extent counted from its start, which is what fscrypt's extent IVs are built from.
+pub trait DataCrypt: Send + Sync {
+    /// Bytes of one data unit: a power of two.
+    fn data_unit_size(&self) -> usize;
+    /// Encrypts `buf` in place; `buf` holds whole data units, the first being `first_data_unit`.
+    fn encrypt(&self, first_data_unit: u64, buf: &mut [u8]) -> Result<(), CryptError>;
+    /// Decrypts `buf` in place; `buf` holds whole data units, the first being `first_data_unit`.
+    fn decrypt(&self, first_data_unit: u64, buf: &mut [u8]) -> Result<(), CryptError>;
+}
+
+/// The data path over one device and chunk map.
+pub struct DataIo<'a> {
+    dev: &'a dyn BlockDevice,
+    chunks: &'a ChunkMap,
+    sector_size: usize,
+}
+
+impl<'a> DataIo<'a> {
+    /// A data path with checksums per `sector_size` bytes (the superblock's sector size).
+    pub fn new(dev: &'a dyn BlockDevice, chunks: &'a ChunkMap, sector_size: u32) -> Result<Self> {
+        let sector_size = sector_size as usize;
+        if !sector_size.is_power_of_two() || sector_size < 512 {
+            return Err(Error::InvalidRequest(format!(
+                "sector size {sector_size} is not a power of two of at least 512"
+            )));
+        }
+        Ok(DataIo {
+            dev,
+            chunks,
+            sector_size,
+        })
+    }
+
+    /// Writes `plaintext` at `offset_in_extent` inside the extent starting at logical `extent`,
+    /// encrypting it first when `crypt` is given. Returns the checksum of each sector as written
+    /// to the device. The offset and length must be whole sectors (and whole data units).
+    pub fn write(
+        &self,
+        extent: u64,
+        offset_in_extent: u64,
+        plaintext: &[u8],
+        crypt: Option<&dyn DataCrypt>,
+    ) -> Result<Vec<u32>> {
+        let physical = self.locate(extent, offset_in_extent, plaintext.len(), crypt)?;
+        match crypt {
+            None => {
+                self.dev.write_at(plaintext, physical)?;
+                Ok(self.sector_checksums(plaintext))
+            }
+            Some(crypt) => {
+                let mut buf = plaintext.to_vec();
+                crypt.encrypt(first_unit(offset_in_extent, crypt), &mut buf)?;
+                self.dev.write_at(&buf, physical)?;
+                Ok(self.sector_checksums(&buf))
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset_in_extent` inside the extent at logical `extent`. With
+    /// `expected` checksums (one per sector), the bytes on the device are verified first; then,
+    /// with `crypt`, they are decrypted. Returns plaintext.
+    pub fn read(
+        &self,
+        extent: u64,
+        offset_in_extent: u64,
+        len: usize,
+        crypt: Option<&dyn DataCrypt>,
+        expected: Option<&[u32]>,
+    ) -> Result<Vec<u8>> {
+        let physical = self.locate(extent, offset_in_extent, len, crypt)?;
+        let mut buf = vec![0u8; len];
+        self.dev.read_at(&mut buf, physical)?;
+        if let Some(expected) = expected {
+            self.verify(extent, offset_in_extent, &buf, expected)?;
+        }
+        if let Some(crypt) = crypt {
+            crypt.decrypt(first_unit(offset_in_extent, crypt), &mut buf)?;
+        }
+        Ok(buf)
+    }
+
+    /// Reads the bytes exactly as on the device (ciphertext when encrypted), unverified: for
+    /// relocation, which moves ciphertext without a key.
+    pub fn read_raw(&self, extent: u64, offset_in_extent: u64, len: usize) -> Result<Vec<u8>> {
+        let physical = self.locate(extent, offset_in_extent, len, None)?;
+        let mut buf = vec![0u8; len];
+        self.dev.read_at(&mut buf, physical)?;
+        Ok(buf)
+    }
+
+    /// Checks the bytes on the device against `expected` (one checksum per sector), with no key:
+    /// scrub. Fails with [`Error::ChecksumMismatch`] at the first bad sector.
+    pub fn verify_raw(
+        &self,
+        extent: u64,
+        offset_in_extent: u64,
+        len: usize,
+        expected: &[u32],
+    ) -> Result<()> {
+        let buf = self.read_raw(extent, offset_in_extent, len)?;
+        self.verify(extent, offset_in_extent, &buf, expected)
+    }
+
+    /// The checksum of each sector of `bytes` (a whole number of sectors).
+    pub fn sector_checksums(&self, bytes: &[u8]) -> Vec<u32> {
+        bytes.chunks(self.sector_size).map(checksum).collect()
+    }
+
+    /// The sector size checksums are taken over.
+    pub fn sector_size(&self) -> usize {
+        self.sector_size
+    }
+
+    fn verify(
+        &self,
+        extent: u64,
+        offset_in_extent: u64,
+        on_disk: &[u8],
+        expected: &[u32],
+    ) -> Result<()> {
+        let sectors = on_disk.len() / self.sector_size;
+        if expected.len() != sectors {
+            return Err(Error::InvalidRequest(format!(
+                "{} checksums given for {sectors} sectors",
+                expected.len()
+            )));
+        }
+        for (i, (sector, &want)) in on_disk.chunks(self.sector_size).zip(expected).enumerate() {
+            let found = checksum(sector);
+            if found != want {
+                // locate() proved extent + offset + len does not overflow.
+                let logical = extent + offset_in_extent + (i * self.sector_size) as u64;
+                return Err(Error::ChecksumMismatch {
+                    logical,
+                    expected: want,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a request and returns the physical offset it starts at.
+    fn locate(
+        &self,
+        extent: u64,
+        offset_in_extent: u64,
+        len: usize,
+        crypt: Option<&dyn DataCrypt>,
+    ) -> Result<u64> {
+        let sector = self.sector_size as u64;
+        if len == 0 || len > MAX_IO_BYTES || !len.is_multiple_of(self.sector_size) {
+            return Err(Error::InvalidRequest(format!(
+                "length {len} is not a whole number of {sector}-byte sectors up to {MAX_IO_BYTES}"
+            )));
+        }
+        if !offset_in_extent.is_multiple_of(sector) {
+            return Err(Error::InvalidRequest(format!(
+                "offset {offset_in_extent} inside the extent is not sector aligned"
+            )));
+        }
+        if let Some(crypt) = crypt {
+            let unit = crypt.data_unit_size();
+            if !unit.is_power_of_two()
+                || !offset_in_extent.is_multiple_of(unit as u64)
+                || !len.is_multiple_of(unit)
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "offset {offset_in_extent} and length {len} are not whole data units of \
+                     {unit} bytes"
+                )));
+            }
+        }
+        let logical = extent
+            .checked_add(offset_in_extent)
+            .ok_or(Error::Unmapped {
+                logical: extent,
+                len: len as u64,
+            })?;
+        self.chunks.to_physical(logical, len as u64)
+    }
+}
+
+/// The data unit number of the unit at `offset_in_extent` (checked to be unit aligned).
+fn first_unit(offset_in_extent: u64, crypt: &dyn DataCrypt) -> u64 {
+    offset_in_extent / crypt.data_unit_size() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{ChunkKind, ChunkMapping, FIRST_LOGICAL};
+    use crate::device::MemDevice;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const MIB: u64 = 1 << 20;
+    const PHYS: u64 = 2 * MIB;
+    const EXTENT: u64 = FIRST_LOGICAL + 64 * 1024;
+
+    /// A test-only cipher: XOR with bytes derived from the data unit number. Counts decryptions
+    /// so tests can see whether unverified bytes reached it.
+    struct ToyCrypt {
+        unit: usize,
+        decrypts: AtomicUsize,
+    }
+
+    impl ToyCrypt {
+        fn new(unit: usize) -> Self {
+            ToyCrypt {
+                unit,
+                decrypts: AtomicUsize::new(0),
+            }
+        }
+
+        fn xor(&self, first: u64, buf: &mut [u8]) {
+            for (i, unit) in buf.chunks_mut(self.unit).enumerate() {
+                let n = first + i as u64;
+                for (j, b) in unit.iter_mut().enumerate() {
+                    *b ^= (n as u8).wrapping_mul(31) ^ (j as u8) ^ 0x5c;
+                }
+            }
+        }
+    }
+
+    impl DataCrypt for ToyCrypt {
+        fn data_unit_size(&self) -> usize {
+            self.unit
+        }
+        fn encrypt(&self, first: u64, buf: &mut [u8]) -> Result<(), CryptError> {
+            self.xor(first, buf);
+            Ok(())
+        }
+        fn decrypt(&self, first: u64, buf: &mut [u8]) -> Result<(), CryptError> {
+            self.decrypts.fetch_add(1, Ordering::SeqCst);
+            self.xor(first, buf);
+            Ok(())
+        }
+    }
+
+    struct FailingCrypt;
+    impl DataCrypt for FailingCrypt {
+        fn data_unit_size(&self) -> usize {
+            4096
+        }
+        fn encrypt(&self, _: u64, _: &mut [u8]) -> Result<(), CryptError> {
+            Err(CryptError("key was removed".into()))
+        }
+        fn decrypt(&self, _: u64, _: &mut [u8]) -> Result<(), CryptError> {
+            Err(CryptError("key was removed".into()))
+        }
+    }
+
+    fn setup() -> (MemDevice, ChunkMap) {
+        let dev = MemDevice::new((4 * MIB) as usize);
+        let mut chunks = ChunkMap::new();
+        chunks
+            .insert(ChunkMapping {
+                logical: FIRST_LOGICAL,
+                length: MIB,
+                physical: PHYS,
+                kind: ChunkKind::Data,
+            })
+            .unwrap();
+        (dev, chunks)
+    }
+
+    fn plaintext(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn on_disk(dev: &MemDevice, offset_in_extent: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        dev.read_at(&mut buf, PHYS + 64 * 1024 + offset_in_extent)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn encrypted_write_puts_ciphertext_on_disk_and_checksums_it() {
+        let (dev, chunks) = setup();
+        let io = DataIo::new(&dev, &chunks, 4096).unwrap();
+        let crypt = ToyCrypt::new(1024);
+        let data = plaintext(3 * 4096);
+        // Offset 8 KiB inside the extent: data unit 8 with 1 KiB units.
+        let csums = io.write(EXTENT, 8192, &data, Some(&crypt)).unwrap();
+        let raw = on_disk(&dev, 8192, data.len());
+        let mut expected = data.clone();
+        crypt.xor(8, &mut expected);
+        assert_eq!(raw, expected);
+        assert_ne!(raw, data);
+        assert_eq!(csums.len(), 3);
+        for (i, c) in csums.iter().enumerate() {
+            assert_eq!(*c, checksum(&raw[i * 4096..(i + 1) * 4096]));
+        }
+        // Whole and partial reads give plaintext; a partial read derives its unit number from
+        // the offset.
+        assert_eq!(
+            io.read(EXTENT, 8192, data.len(), Some(&crypt), Some(&csums))
+                .unwrap(),
+            data
+        );
+        assert_eq!(
+            io.read(EXTENT, 12288, 4096, Some(&crypt), Some(&csums[1..2]))
+                .unwrap(),
+            &data[4096..8192]
+        );
+        assert_eq!(io.read_raw(EXTENT, 8192, data.len()).unwrap(), raw);
+        io.verify_raw(EXTENT, 8192, data.len(), &csums).unwrap();
+    }
+
+    #[test]
+    fn plaintext_write_and_read() {
+        let (dev, chunks) = setup();
+        let io = DataIo::new(&dev, &chunks, 4096).unwrap();
+        let data = plaintext(8192);
+        let csums = io.write(EXTENT, 0, &data, None).unwrap();
+        assert_eq!(on_disk(&dev, 0, 8192), data);
+        assert_eq!(io.read(EXTENT, 0, 8192, None, Some(&csums)).unwrap(), data);
+        assert_eq!(
+            io.read(EXTENT, 4096, 4096, None, None).unwrap(),
+            &data[4096..]
+        );
+    }
+
+    #[test]
+    fn flipped_bit_is_a_checksum_error_before_any_decryption() {
+        let (dev, chunks) = setup();
+        let io = DataIo::new(&dev, &chunks, 4096).unwrap();
+        let crypt = ToyCrypt::new(4096);
+        let csums = io
+            .write(EXTENT, 0, &plaintext(4 * 4096), Some(&crypt))
+            .unwrap();
+        let at = PHYS + 64 * 1024 + 2 * 4096 + 100;
+        let mut b = [0u8];
+        dev.read_at(&mut b, at).unwrap();
+        dev.write_at(&[b[0] ^ 0x10], at).unwrap();
+        let e = io
+            .read(EXTENT, 0, 4 * 4096, Some(&crypt), Some(&csums))
+            .unwrap_err();
+        match e {
+            Error::ChecksumMismatch {
+                logical, expected, ..
+            } => {
+                assert_eq!(logical, EXTENT + 2 * 4096);
+                assert_eq!(expected, csums[2]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crypt.decrypts.load(Ordering::SeqCst), 0);
+        assert!(matches!(
+            io.verify_raw(EXTENT, 0, 4 * 4096, &csums),
+            Err(Error::ChecksumMismatch { .. })
+        ));
+        // Sectors before the damage still read.
+        assert_eq!(
+            io.read(EXTENT, 0, 8192, Some(&crypt), Some(&csums[..2]))
+                .unwrap(),
+            &plaintext(4 * 4096)[..8192]
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let (dev, chunks) = setup();
+        let io = DataIo::new(&dev, &chunks, 4096).unwrap();
+        let crypt = ToyCrypt::new(4096);
+        let data = plaintext(4096);
+        for (offset, len) in [(100, 4096), (0, 100), (0, 0)] {
+            assert!(matches!(
+                io.write(EXTENT, offset, &data[..len.min(4096)], None),
+                Err(Error::InvalidRequest(_))
+            ));
+            assert!(matches!(
+                io.read(EXTENT, offset, len, None, None),
+                Err(Error::InvalidRequest(_))
+            ));
+        }
+        // Data units larger than a sector must be whole too.
+        let big = ToyCrypt::new(8192);
+        assert!(matches!(
+            io.write(EXTENT, 4096, &plaintext(8192), Some(&big)),
+            Err(Error::InvalidRequest(_))
+        ));
+        // Crossing the end of the chunk, or an address nobody mapped.
+        assert!(matches!(
+            io.write(FIRST_LOGICAL + MIB - 4096, 0, &plaintext(8192), None),
+            Err(Error::Unmapped { .. })
+        ));
+        assert!(matches!(
+            io.read(u64::MAX - 4095, 4096, 4096, None, None),
+            Err(Error::Unmapped { .. })
+        ));
+        assert!(matches!(
+            io.read(EXTENT, 0, MAX_IO_BYTES + 4096, None, None),
+            Err(Error::InvalidRequest(_))
+        ));
+        // Wrong number of checksums.
+        let csums = io.write(EXTENT, 0, &data, Some(&crypt)).unwrap();
+        assert!(matches!(
+            io.read(EXTENT, 0, 8192, Some(&crypt), Some(&csums)),
+            Err(Error::InvalidRequest(_))
+        ));
+        // The crypt context's own failure surfaces, and nothing is written.
+        let before = on_disk(&dev, 0, 4096);
+        let e = io
+            .write(EXTENT, 0, &plaintext(4096), Some(&FailingCrypt))
+            .unwrap_err();
+        assert!(matches!(e, Error::Crypt(_)));
+        assert!(e.to_string().contains("key was removed"));
+        assert_eq!(on_disk(&dev, 0, 4096), before);
+        assert!(DataIo::new(&dev, &chunks, 1000).is_err());
+    }
+}
