@@ -191,6 +191,10 @@ mod tests {
         assert_eq!(encrypted_size(256, Pad4, 255), None);
         assert_eq!(encrypted_size(0, Pad4, 255), None);
         assert_eq!(encrypted_size(100, Pad32, 4093), Some(128));
+        assert_eq!(
+            encrypted_size(usize::MAX - 3, Pad32, usize::MAX),
+            Some(usize::MAX)
+        );
     }
 
     #[test]
@@ -248,6 +252,12 @@ mod tests {
         );
         let text = format!("{c:?}");
         assert!(text.contains("redacted") && text.contains("CTS"), "{text}");
+    }
+
+    #[test]
+    fn cipher_is_shareable() {
+        fn shareable<T: Send + Sync + Clone>() {}
+        shareable::<FilenameCipher>();
     }
 
     #[test]
