@@ -30,9 +30,11 @@ pub fn encrypted_size(len: usize, padding: Padding, max_len: usize) -> Option<us
     if len == 0 || len > max_len {
         return None;
     }
+    // Rounding up can only overflow past max_len, where the result is capped anyway.
     let padded = len
         .max(MIN_CIPHERTEXT_LEN)
-        .next_multiple_of(padding.bytes());
+        .checked_next_multiple_of(padding.bytes())
+        .unwrap_or(max_len);
     Some(padded.min(max_len))
 }
 
