@@ -1083,4 +1083,198 @@ mod tests {
         );
         assert!(ring.shared.lock().claims_per_uid.is_empty());
     }
+
+    /// Operations of the model test. Keys and uids are small indexes so sequences collide.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add {
+            key: u8,
+            uid: Uid,
+            admin: bool,
+        },
+        Remove {
+            key: u8,
+            uid: Uid,
+            admin: bool,
+            all: bool,
+        },
+        Unlock {
+            key: u8,
+        },
+        ClonePin {
+            pin: usize,
+        },
+        DropPin {
+            pin: usize,
+        },
+        Derive {
+            pin: usize,
+            nonce: u8,
+        },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..3u8, 0..3u32, any::<bool>()).prop_map(|(key, uid, admin)| Op::Add {
+                key,
+                uid,
+                admin
+            }),
+            (0..3u8, 0..3u32, any::<bool>(), any::<bool>()).prop_map(|(key, uid, admin, all)| {
+                Op::Remove {
+                    key,
+                    uid,
+                    admin,
+                    all,
+                }
+            }),
+            (0..3u8).prop_map(|key| Op::Unlock { key }),
+            any::<usize>().prop_map(|pin| Op::ClonePin { pin }),
+            any::<usize>().prop_map(|pin| Op::DropPin { pin }),
+            (any::<usize>(), 0..4u8).prop_map(|(pin, nonce)| Op::Derive { pin, nonce }),
+        ]
+    }
+
+    /// The state machine of FSCRYPT.md §7 with the per-extent rule, written as plainly as possible.
+    #[derive(Default)]
+    struct ModelKey {
+        claims: BTreeSet<Uid>,
+        pins: usize,
+        derived: BTreeSet<u8>,
+    }
+
+    const MODEL_CLAIM_LIMIT: usize = 2;
+
+    proptest::proptest! {
+        #[test]
+        fn random_sequences_follow_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+            use proptest::prop_assert_eq;
+            let ring = Keyring::new(64).with_claim_limit(MODEL_CLAIM_LIMIT);
+            let mut model: BTreeMap<u8, ModelKey> = BTreeMap::new();
+            let mut wiped = 0u64;
+            let mut pins: Vec<(u8, UnlockedKey)> = Vec::new();
+            let caller = |uid: Uid, admin: bool| Caller { uid, is_admin: admin };
+            let ids: Vec<KeyIdentifier> = (0..3).map(|k| master(k).identifier()).collect();
+            for op in ops {
+                match op {
+                    Op::Add { key, uid, admin } => {
+                        let held: usize = model.values().filter(|m| m.claims.contains(&uid)).count();
+                        let claimed = model.get(&key).is_some_and(|m| m.claims.contains(&uid));
+                        let want = if !claimed && !admin && held >= MODEL_CLAIM_LIMIT {
+                            Err(Error::QuotaExceeded)
+                        } else {
+                            model.entry(key).or_default().claims.insert(uid);
+                            Ok(ids[usize::from(key)])
+                        };
+                        prop_assert_eq!(ring.add_key(master(key), caller(uid, admin)), want);
+                    }
+                    Op::Remove { key, uid, admin, all } => {
+                        let scope = if all { RemovalScope::AllUsers } else { RemovalScope::OwnClaim };
+                        let want = if all && !admin {
+                            Err(Error::PermissionDenied(""))
+                        } else {
+                            match model.get_mut(&key) {
+                                None => Err(Error::NoKey),
+                                Some(m) if !all && !m.claims.is_empty() && !m.claims.contains(&uid) => {
+                                    Err(Error::NoKey)
+                                }
+                                Some(m) => {
+                                    if all {
+                                        m.claims.clear();
+                                    } else {
+                                        m.claims.remove(&uid);
+                                    }
+                                    if !m.claims.is_empty() {
+                                        Ok(OTHERS)
+                                    } else if m.pins > 0 {
+                                        Ok(BUSY)
+                                    } else {
+                                        wiped += m.derived.len() as u64;
+                                        model.remove(&key);
+                                        Ok(RemovalStatus::default())
+                                    }
+                                }
+                            }
+                        };
+                        let got = ring.remove_key(&ids[usize::from(key)], caller(uid, admin), scope);
+                        match (got, want) {
+                            (Err(Error::PermissionDenied(_)), Err(Error::PermissionDenied(_))) => {}
+                            (got, want) => prop_assert_eq!(got, want),
+                        }
+                    }
+                    Op::Unlock { key } => {
+                        let got = ring.unlock(&ids[usize::from(key)]);
+                        match model.get_mut(&key) {
+                            Some(m) if !m.claims.is_empty() => {
+                                m.pins += 1;
+                                pins.push((key, got.unwrap()));
+                            }
+                            _ => prop_assert_eq!(got.unwrap_err(), Error::NoKey),
+                        }
+                    }
+                    Op::ClonePin { pin } if !pins.is_empty() => {
+                        let (key, p) = &pins[pin % pins.len()];
+                        let (key, p) = (*key, p.clone());
+                        model.get_mut(&key).unwrap().pins += 1;
+                        pins.push((key, p));
+                    }
+                    Op::DropPin { pin } if !pins.is_empty() => {
+                        let (key, p) = pins.swap_remove(pin % pins.len());
+                        drop(p);
+                        let m = model.get_mut(&key).unwrap();
+                        m.pins -= 1;
+                        if m.pins == 0 && m.claims.is_empty() {
+                            wiped += m.derived.len() as u64;
+                            model.remove(&key);
+                        }
+                    }
+                    Op::Derive { pin, nonce } if !pins.is_empty() => {
+                        let (key, p) = &pins[pin % pins.len()];
+                        let got = extent_key(p, nonce).unwrap();
+                        let want = derive_extent_key(&master(*key), &[nonce; 16]);
+                        prop_assert_eq!(got.0.expose(), want.0.expose());
+                        model.get_mut(key).unwrap().derived.insert(nonce);
+                    }
+                    _ => {}
+                }
+                // After every step, every observable agrees with the model.
+                for (&key, m) in &model {
+                    prop_assert_eq!(m.pins, pins.iter().filter(|(k, _)| *k == key).count());
+                }
+                for key in 0..3u8 {
+                    for uid in 0..3u32 {
+                        let want = match model.get(&key) {
+                            None => status(KeyState::Absent, 0, false),
+                            Some(m) if m.claims.is_empty() => {
+                                status(KeyState::IncompletelyRemoved, 0, false)
+                            }
+                            Some(m) => status(
+                                KeyState::Present,
+                                m.claims.len() as u32,
+                                m.claims.contains(&uid),
+                            ),
+                        };
+                        prop_assert_eq!(ring.key_status(&ids[usize::from(key)], user(uid)), want);
+                    }
+                }
+                let cached: usize = model.values().map(|m| m.derived.len()).sum();
+                prop_assert_eq!(
+                    ring.stats(),
+                    KeyringStats {
+                        keys: model.len(),
+                        secrets_present: model.len(),
+                        pins: pins.len(),
+                        derived_cached: cached,
+                        derived_live: cached,
+                        derived_wiped_total: wiped,
+                    }
+                );
+            }
+            drop(pins);
+            let s = ring.stats();
+            prop_assert_eq!(s.pins, 0);
+            prop_assert_eq!(s.keys, model.values().filter(|m| !m.claims.is_empty()).count());
+        }
+    }
 }
