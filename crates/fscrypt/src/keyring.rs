@@ -147,6 +147,7 @@ impl Keyring {
                     derived_live: LiveSet::default(),
                     derived_wiped_total: 0,
                 }),
+                file_locker: Mutex::new(None),
             }),
         }
     }
@@ -205,9 +206,10 @@ impl Keyring {
     ///
     /// Errors: `PermissionDenied` for `AllUsers` without admin; `NoKey` if the key is absent, or
     /// the caller has no claim while others do. When claims remain, reports `other_users`. When
-    /// none remain but files pin the key, reports `files_busy` (INCOMPLETELY_REMOVED); calling
-    /// again then retries and reports the same until the last pin goes, which removes the key by
-    /// itself (ABSENT; a later removal gets `NoKey`, as Linux's does).
+    /// none remain, first lets the filesystem drop idle pins (see [`Keyring::set_file_locker`]);
+    /// if pins still remain, reports `files_busy` (INCOMPLETELY_REMOVED). Calling again retries
+    /// the same way. The last pin to go removes the key by itself (ABSENT; a removal after that
+    /// gets `NoKey`, as in Linux).
     pub fn remove_key(
         &self,
         id: &KeyIdentifier,
@@ -220,7 +222,7 @@ impl Keyring {
             ));
         }
         let mut garbage = Garbage::default();
-        let status = {
+        let busy_generation = {
             let mut inner = self.shared.lock();
             let Inner {
                 keys,
@@ -240,22 +242,53 @@ impl Keyring {
                 release_claim(claims_per_uid, uid);
             }
             if !entry.claims.is_empty() {
-                RemovalStatus {
+                return Ok(RemovalStatus {
                     other_users: true,
                     files_busy: false,
-                }
-            } else if entry.pins > 0 {
-                RemovalStatus {
-                    other_users: false,
-                    files_busy: true,
-                }
-            } else {
+                });
+            }
+            if entry.pins == 0 {
                 garbage = inner.evict_key(id);
-                RemovalStatus::default()
+                None
+            } else {
+                Some(entry.generation)
             }
         };
         drop(garbage);
-        Ok(status)
+        let Some(generation) = busy_generation else {
+            return Ok(RemovalStatus::default());
+        };
+        // Linux's step 4: ask the filesystem to let go of idle inodes, then count what is left.
+        // The hook runs without the lock, since it drops pins, and dropping the last one finishes
+        // the removal by itself.
+        let locker = self.shared.file_locker();
+        if let Some(locker) = locker {
+            locker(id);
+        }
+        let still_pinned = self
+            .shared
+            .lock()
+            .keys
+            .get(id)
+            .is_some_and(|entry| entry.generation == generation && entry.pins > 0);
+        Ok(RemovalStatus {
+            other_users: false,
+            files_busy: still_pinned,
+        })
+    }
+
+    /// Installs the filesystem's hook that [`Keyring::remove_key`] calls, without the keyring's
+    /// lock, once a key has no claims left but is still pinned: the hook should drop the pins of
+    /// inodes that are unlocked but not in use (Linux syncs and prunes dentries here), so that
+    /// only truly open files keep the key INCOMPLETELY_REMOVED. It must not call back into
+    /// `remove_key`, and should hold the filesystem weakly (a strong reference to whatever owns
+    /// this keyring would be a cycle). Replaces any earlier hook.
+    pub fn set_file_locker(&self, locker: impl Fn(&KeyIdentifier) + Send + Sync + 'static) {
+        *self
+            .shared
+            .file_locker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(locker));
     }
 
     /// FS_IOC_GET_ENCRYPTION_KEY_STATUS for `caller`.
@@ -417,8 +450,13 @@ impl fmt::Debug for UnlockedKey {
 // ---------------------------------------------------------------------------------------------
 // Internals.
 
+/// What the filesystem does to drop idle pins of a key being removed.
+type FileLocker = Arc<dyn Fn(&KeyIdentifier) + Send + Sync>;
+
 struct Shared {
     inner: Mutex<Inner>,
+    /// Kept apart from `inner` because it runs without that lock.
+    file_locker: Mutex<Option<FileLocker>>,
 }
 
 impl Shared {
@@ -426,6 +464,13 @@ impl Shared {
     /// code runs under it), so a poisoned lock still guards consistent state.
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn file_locker(&self) -> Option<FileLocker> {
+        self.file_locker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -768,6 +813,77 @@ mod tests {
         ring.add_key(master(7), a).unwrap();
         let pin = ring.unlock(&id).unwrap();
         assert_eq!(extent_key(&pin, 1).unwrap().0.expose().as_slice(), before);
+    }
+
+    /// The Linux flow of xfstests: a file is open, its inode also sits in the inode cache; the
+    /// removal evicts what is idle, reports FILES_BUSY; once the file is closed (its inode still
+    /// cached), removing again evicts it and completes.
+    #[test]
+    fn file_locker_evicts_idle_inodes() {
+        let ring = Keyring::default();
+        let id = ring.add_key(master(8), user(1)).unwrap();
+        let inode_cache: Arc<Mutex<Vec<UnlockedKey>>> = Arc::default();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        {
+            let (cache, calls) = (Arc::downgrade(&inode_cache), Arc::clone(&calls));
+            ring.set_file_locker(move |id| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(cache) = cache.upgrade() {
+                    // Take the pins out, then drop them without holding the cache's lock.
+                    let idle: Vec<UnlockedKey> = {
+                        let mut cache = cache.lock().unwrap();
+                        let (gone, kept) = cache.drain(..).partition(|p| p.identifier() == *id);
+                        *cache = kept;
+                        gone
+                    };
+                    drop(idle);
+                }
+            });
+        }
+        let other = ring.add_key(master(9), user(1)).unwrap();
+        inode_cache.lock().unwrap().push(ring.unlock(&id).unwrap()); // idle inode
+        inode_cache
+            .lock()
+            .unwrap()
+            .push(ring.unlock(&other).unwrap()); // another key's
+        let open_file = ring.unlock(&id).unwrap();
+        drop(extent_key(&open_file, 1).unwrap());
+
+        assert_eq!(
+            ring.remove_key(&id, user(1), RemovalScope::OwnClaim)
+                .unwrap(),
+            BUSY
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            ring.stats().pins,
+            2,
+            "the idle inode went, the open file and the other key's stay"
+        );
+        // The file is closed, but its inode stays cached.
+        inode_cache.lock().unwrap().push(open_file);
+        assert_eq!(
+            ring.key_status(&id, user(1)).state,
+            KeyState::IncompletelyRemoved
+        );
+        assert_eq!(
+            ring.remove_key(&id, user(1), RemovalScope::OwnClaim)
+                .unwrap(),
+            RemovalStatus::default()
+        );
+        assert_eq!(ring.key_status(&id, user(1)).state, KeyState::Absent);
+        let s = ring.stats();
+        assert_eq!((s.keys, s.secrets_present, s.pins), (1, 1, 1));
+        assert_eq!((s.derived_cached, s.derived_live), (0, 0));
+        // A key that still has claims never reaches the hook.
+        ring.add_key(master(9), user(2)).unwrap();
+        assert_eq!(
+            ring.remove_key(&other, user(1), RemovalScope::OwnClaim)
+                .unwrap(),
+            OTHERS
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(ring.stats().pins, 1);
     }
 
     #[test]
