@@ -141,7 +141,11 @@ impl ExtentCryptInfo {
     }
 
     /// The crypt state of a stored extent, refused unless it belongs to the inode's policy.
-    pub fn load(common: &CryptCommon, context: &ExtentContext, block_size_bits: u8) -> Result<Self> {
+    pub fn load(
+        common: &CryptCommon,
+        context: &ExtentContext,
+        block_size_bits: u8,
+    ) -> Result<Self> {
         let policy = common.policy();
         if policy.iv_scheme() != IvScheme::PerFileKey {
             return Err(Error::invalid(

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use crate::common::CryptCommon;
-use crate::context::{InodeContext, NONCE_SIZE};
 use crate::contents::FsParams;
+use crate::context::{InodeContext, NONCE_SIZE};
 use crate::error::{Error, Result};
 use crate::fname::FilenameCipher;
 use crate::hkdf;
@@ -101,12 +101,13 @@ impl InodeCryptInfo {
         let names = match kind {
             InodeKind::Regular => None,
             InodeKind::Directory | InodeKind::Symlink => {
-                // Everything the names key depends on identifies the cache slot.
-                let mut info = Vec::with_capacity(1 + NONCE_SIZE + 8 + 16);
+                // Everything the names key depends on identifies the cache slot, but the
+                // filesystem UUID: a keyring serves exactly one filesystem.
+                let mut info = Vec::with_capacity(2 + NONCE_SIZE + 8);
                 info.push(ctx.policy().flags());
+                info.push(ctx.policy().filenames_mode().number());
                 info.extend_from_slice(ctx.nonce());
                 info.extend_from_slice(&ino.to_le_bytes());
-                info.extend_from_slice(&fs.uuid);
                 let slot = DerivedSlot {
                     context: hkdf::CONTEXT_PER_FILE_ENC_KEY,
                     info,

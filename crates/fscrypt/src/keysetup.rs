@@ -40,7 +40,11 @@ fn expand(master: &MasterKey, mode: &ModeInfo, context: u8, info: &[u8]) -> Resu
 
 /// The per-file key of an inode (contents key of a regular file, filenames key of a directory
 /// or symlink): HKDF context 2 over the inode's nonce.
-pub fn per_file_key(master: &MasterKey, mode: &ModeInfo, nonce: &[u8; NONCE_SIZE]) -> Result<RawKey> {
+pub fn per_file_key(
+    master: &MasterKey,
+    mode: &ModeInfo,
+    nonce: &[u8; NONCE_SIZE],
+) -> Result<RawKey> {
     expand(master, mode, CONTEXT_PER_FILE_ENC_KEY, nonce)
 }
 
@@ -211,7 +215,10 @@ mod tests {
     fn weak_master_key_is_refused() {
         let short = MasterKey::from_raw(&[7; 16]).unwrap();
         let xts = ContentsMode::Aes256Xts.info();
-        assert_eq!(per_file_key(&short, &xts, &NONCE).unwrap_err(), Error::NoKey);
+        assert_eq!(
+            per_file_key(&short, &xts, &NONCE).unwrap_err(),
+            Error::NoKey
+        );
         let ok = MasterKey::from_raw(&[7; 32]).unwrap();
         assert_eq!(per_file_key(&ok, &xts, &NONCE).unwrap().expose().len(), 64);
     }

@@ -39,15 +39,18 @@ fn plaintext(contents: &Value) -> Vec<u8> {
     for seg in contents["segments"].as_array().unwrap() {
         let off = seg[0].as_u64().unwrap() as usize;
         let len = seg[1].as_u64().unwrap() as usize;
-        for p in off..off + len {
+        for (p, byte) in out.iter_mut().enumerate().skip(off).take(len) {
             let mut h = Sha256::new();
             h.update(seed.as_bytes());
             h.update(((p / 32) as u64).to_be_bytes());
-            out[p] = h.finalize()[p % 32];
+            *byte = h.finalize()[p % 32];
         }
     }
     out
 }
+
+/// Per directory: each entry's on-disk name ciphertext and, for a symlink, its target blob.
+type DiskNames = BTreeMap<String, Vec<(Vec<u8>, Option<Vec<u8>>)>>;
 
 /// What one vectors file proved, for the final assertions.
 #[derive(Default, Debug)]
@@ -159,11 +162,21 @@ impl Vectors {
             .encrypt(&plain, parent.policy().padding(), fscrypt::fname::NAME_MAX)
             .unwrap();
         assert_eq!(hex::encode(&ours), hex::encode(&expected), "{path}: name");
-        assert_eq!(cipher.decrypt(&expected).unwrap(), plain, "{path}: name back");
+        assert_eq!(
+            cipher.decrypt(&expected).unwrap(),
+            plain,
+            "{path}: name back"
+        );
     }
 
     /// Returns (units compared byte for byte, whether the whole-file hash was compared).
-    fn check_contents(&self, obj: &Value, ctx: &InodeContext, ino: u64, path: &str) -> (usize, bool) {
+    fn check_contents(
+        &self,
+        obj: &Value,
+        ctx: &InodeContext,
+        ino: u64,
+        path: &str,
+    ) -> (usize, bool) {
         let c = &obj["contents"];
         let file = LinuxFileContents::new(&self.master, ctx, ino, &self.fs).unwrap();
         let du = file.data_unit_size();
@@ -191,7 +204,11 @@ impl Vectors {
                 let ct = hex(ct);
                 // The vectors store whole blocks; a block holds several data units when they are
                 // smaller, listed separately, so compare exactly one data unit.
-                assert_eq!(hex::encode(&buf), hex::encode(&ct[..du]), "{path}: unit {index}");
+                assert_eq!(
+                    hex::encode(&buf),
+                    hex::encode(&ct[..du]),
+                    "{path}: unit {index}"
+                );
                 let mut back = ct[..du].to_vec();
                 file.decrypt_unit(index, &mut back).unwrap();
                 assert_eq!(back, want_plain, "{path}: unit {index} decrypts");
@@ -227,15 +244,19 @@ impl Vectors {
     }
 
     /// The on-disk ciphertext of each name, and of each symlink's target blob, by directory.
-    fn disk_names(&self) -> BTreeMap<String, Vec<(Vec<u8>, Option<Vec<u8>>)>> {
-        let mut out: BTreeMap<String, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+    fn disk_names(&self) -> DiskNames {
+        let mut out = DiskNames::new();
         for pol in self.policies() {
             for obj in pol["objects"].as_array().unwrap() {
                 if obj.get("error").is_some() {
                     continue;
                 }
                 let path = obj["path"].as_str().unwrap();
-                let parent = Path::new(path).parent().unwrap().to_string_lossy().into_owned();
+                let parent = Path::new(path)
+                    .parent()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 let link = obj["symlink"]["disk_hex"].as_str().map(hex);
                 out.entry(parent)
                     .or_default()
@@ -253,9 +274,15 @@ fn assert_coverage(c: &Counts, what: &str) {
     assert!(c.names >= 200, "{what}: names {}", c.names);
     assert!(c.symlinks >= 20, "{what}: symlinks {}", c.symlinks);
     assert_eq!(c.paddings.len(), 4, "{what}: every padding");
-    assert!(c.schemes.contains(&0x08) && c.schemes.contains(&0x10), "{what}: IV_INO_LBLK_*");
+    assert!(
+        c.schemes.contains(&0x08) && c.schemes.contains(&0x10),
+        "{what}: IV_INO_LBLK_*"
+    );
     for du in [512, 1024, 4096] {
-        assert!(c.data_unit_sizes.contains(&du), "{what}: data unit size {du}");
+        assert!(
+            c.data_unit_sizes.contains(&du),
+            "{what}: data unit size {du}"
+        );
     }
 }
 
@@ -312,7 +339,11 @@ impl Drop for Mounted {
 type Listed = (Vec<u8>, Option<Vec<u8>>);
 
 /// The names the kernel lists without the key, per policy directory (relative paths).
-fn kernel_nokey_listing(image: &Path, dirs: &[String], mnt: &Path) -> BTreeMap<String, Vec<Listed>> {
+fn kernel_nokey_listing(
+    image: &Path,
+    dirs: &[String],
+    mnt: &Path,
+) -> BTreeMap<String, Vec<Listed>> {
     std::fs::create_dir_all(mnt).unwrap();
     let status = Command::new("mount")
         .args(["-t", "ext4", "-o", "ro,loop"])
@@ -331,7 +362,13 @@ fn kernel_nokey_listing(image: &Path, dirs: &[String], mnt: &Path) -> BTreeMap<S
             use std::os::unix::ffi::OsStrExt;
             let e = e.unwrap();
             let link = if e.file_type().unwrap().is_symlink() {
-                Some(std::fs::read_link(e.path()).unwrap().as_os_str().as_bytes().to_vec())
+                Some(
+                    std::fs::read_link(e.path())
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                )
             } else {
                 None
             };
@@ -403,7 +440,10 @@ fn live_kernel_vectors() {
         let max_symlink = 1usize << v.fs.block_size_bits;
         for (shown, link) in listed {
             let nk = NoKeyName::decode(shown).unwrap_or_else(|| {
-                panic!("{dir}: kernel no-key name {:?} does not decode", String::from_utf8_lossy(shown))
+                panic!(
+                    "{dir}: kernel no-key name {:?} does not decode",
+                    String::from_utf8_lossy(shown)
+                )
             });
             let matching: Vec<_> = disk_names.iter().filter(|(d, _)| nk.matches(d)).collect();
             assert_eq!(matching.len(), 1, "{dir}: exactly one on-disk name matches");
@@ -412,7 +452,9 @@ fn live_kernel_vectors() {
             assert_eq!(ours.as_bytes(), &shown[..], "{dir}: no-key name");
             counts.nokey_names += 1;
             if let Some(link) = link {
-                let blob = disk_link.as_ref().expect("the kernel lists a symlink we know");
+                let blob = disk_link
+                    .as_ref()
+                    .expect("the kernel lists a symlink we know");
                 let ours = symlink::nokey_target(blob, max_symlink).unwrap();
                 assert_eq!(ours.as_bytes(), &link[..], "{dir}: no-key symlink target");
                 counts.nokey_symlinks += 1;
@@ -420,7 +462,15 @@ fn live_kernel_vectors() {
         }
     }
     assert_coverage(&counts, "live kernel");
-    assert!(counts.nokey_names >= 200, "no-key names {}", counts.nokey_names);
-    assert!(counts.nokey_symlinks >= 20, "no-key symlinks {}", counts.nokey_symlinks);
+    assert!(
+        counts.nokey_names >= 200,
+        "no-key names {}",
+        counts.nokey_names
+    );
+    assert!(
+        counts.nokey_symlinks >= 20,
+        "no-key symlinks {}",
+        counts.nokey_symlinks
+    );
     let _ = std::fs::remove_dir_all(&kept);
 }
