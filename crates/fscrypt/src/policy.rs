@@ -597,4 +597,32 @@ mod tests {
         };
         assert!(lblk64.check_fits(&per_extent).is_err());
     }
+
+    proptest::proptest! {
+        /// Any bytes: a typed error or a policy that re-encodes to exactly those bytes.
+        #[test]
+        fn decode_random_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            if let Ok(p) = PolicyV2::decode(&bytes) {
+                proptest::prop_assert_eq!(&p.encode()[..], &bytes[..]);
+            }
+        }
+
+        /// Near-valid policies (random flags, modes and reserved bytes over a good one) exercise
+        /// every rule rather than stopping at the version byte.
+        #[test]
+        fn decode_mutated_policy(mode_c in 0u8..12, mode_f in 0u8..12, flags in proptest::num::u8::ANY,
+                                 du in 0u8..16, reserved in proptest::num::u8::ANY) {
+            let mut bytes = [0u8; 24];
+            bytes[0] = 2;
+            bytes[1] = mode_c;
+            bytes[2] = mode_f;
+            bytes[3] = flags;
+            bytes[4] = du;
+            bytes[5] = reserved;
+            if let Ok(p) = PolicyV2::decode(&bytes) {
+                proptest::prop_assert_eq!(p.encode(), bytes);
+                proptest::prop_assert_eq!(reserved, 0);
+            }
+        }
+    }
 }
