@@ -21,6 +21,7 @@
 //! The operations go through the [`Target`] trait; [`DirTarget`] runs them as system calls on
 //! `fsx.N` files in a directory, [`MemTarget`] in memory (for testing the tester).
 
+pub mod harness;
 pub mod mem;
 pub mod rng;
 pub mod target;
