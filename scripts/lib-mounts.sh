@@ -51,7 +51,7 @@ mnt_ext4() {
 mnt_gocryptfs() {
     local cipher=$1 dir=$2
     mkdir -p "$dir"
-    gocryptfs -q -extpass 'echo pw' "$cipher" "$dir"
+    gocryptfs -q -nosyslog -extpass 'echo pw' "$cipher" "$dir"
     _OUR_MOUNTS+=("$dir")
 }
 
