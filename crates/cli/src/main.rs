@@ -1,12 +1,19 @@
 //! The `cowcrypt` command: a thin client of the library crates. It parses arguments, calls the
-//! library, and turns every error into one clear line and exit status 1.
+//! library, and turns every error into one clear line and exit status 1 (argument errors
+//! included: clap's several-line messages are folded into one).
+
+mod image;
+mod mount;
+mod offline;
+mod progress;
+mod size;
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +31,57 @@ enum Command {
     /// Manage fscrypt master keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Make a new filesystem on an image file or a block device.
+    Mkfs {
+        /// Size of a new image file, like 512M or 1G (binary units). Not for block devices,
+        /// which are used whole; an existing image file keeps its size unless this is given.
+        #[arg(long, value_name = "SIZE", value_parser = size::parse_size)]
+        size: Option<u64>,
+        /// A name for the filesystem.
+        #[arg(long, value_name = "LABEL")]
+        label: Option<String>,
+        /// Image file or block device.
+        image: PathBuf,
+    },
+    /// Mount a filesystem with FUSE (as root).
+    ///
+    /// In the background unless -f is given: the command returns once the mount is live, and
+    /// the daemon logs to IMAGE.log (or -o log=PATH). Unmount with `umount DIR` or
+    /// `fusermount3 -u DIR`; SIGTERM or SIGINT to the daemon also commits and unmounts. The
+    /// image is locked while mounted: a second mount or an fsck of it is refused.
+    Mount(MountArgs),
+    /// Check a filesystem (not mounted) and list every fault; exit status 1 if any.
+    Fsck {
+        /// Image file or block device.
+        image: PathBuf,
+    },
+    /// Show what a filesystem (not mounted) holds: subvolumes, inodes, names, extents.
+    Inspect {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Image file or block device.
+        image: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// Stay in the foreground and log to stderr.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Comma-separated options (may be repeated): ro, rw, allow_other, log=PATH, threads=N,
+    /// fsname=NAME, and the kernel flags dev, nodev, suid, nosuid, exec, noexec, atime,
+    /// noatime, sync, async, dirsync.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Internal: run as the background daemon started by `cowcrypt mount`.
+    #[arg(long, hide = true)]
+    daemon_child: bool,
+    /// Image file or block device.
+    image: PathBuf,
+    /// Directory to mount on.
+    dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -66,16 +124,61 @@ fn run(cli: Cli) -> Result<()> {
             let key = fscrypt::MasterKey::from_raw(&raw).context("invalid master key")?;
             println!("{}", key.identifier());
         }
+        Command::Mkfs { size, label, image } => offline::mkfs(&image, size, label)?,
+        Command::Mount(a) => mount::run(mount::Request {
+            image: a.image,
+            dir: a.dir,
+            options: a.options,
+            foreground: a.foreground,
+            daemon_child: a.daemon_child,
+        })?,
+        Command::Fsck { image } => offline::fsck(&image)?,
+        Command::Inspect { json, image } => offline::inspect(&image, json)?,
     }
     Ok(())
 }
 
+/// Folds one of clap's messages ("error: ...", indented details, a usage block, a tip) into
+/// one line: the error and its details, then where help is.
+fn one_line_usage_error(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() || line.starts_with("tip:") {
+            continue;
+        }
+        parts.push(line.strip_prefix("error: ").unwrap_or(line));
+    }
+    format!("{} (see --help)", parts.join(" "))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                // Help and version go to stdout with status 0.
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                eprintln!("cowcrypt: a command is required (see --help)");
+                return ExitCode::FAILURE;
+            }
+            let text = e.render().to_string();
+            eprintln!("cowcrypt: {}", one_line_usage_error(&text));
+            return ExitCode::FAILURE;
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cowcrypt: {e:#}");
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("cowcrypt: {msg}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,118 @@
+//! The commands that work on an unmounted image: `mkfs`, `fsck` and `inspect`. Each takes the
+//! image's exclusive lock first, so none of them runs under a live mount or beside another.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::image::{self, Kind};
+use crate::progress::Progress;
+use crate::size::human;
+
+/// Makes a filesystem on `image`: a new sparse file of `size` bytes, an existing file (its
+/// length unless `size` says otherwise), or a whole block device.
+pub fn mkfs(image: &Path, size: Option<u64>, label: Option<String>) -> Result<()> {
+    let kind = image::kind(image)?;
+    let size = match (kind, size) {
+        (Kind::BlockDevice { .. }, Some(_)) => {
+            bail!(
+                "{}: --size cannot be used with a block device (the whole device is used)",
+                image.display()
+            )
+        }
+        (Kind::BlockDevice { len }, None) => len,
+        (Kind::Missing, None) => bail!(
+            "{} does not exist: give --size to create it",
+            image.display()
+        ),
+        (Kind::File { len: 0 }, None) => {
+            bail!("{} is empty: give --size", image.display())
+        }
+        (Kind::File { len }, None) => len,
+        (_, Some(size)) => size,
+    };
+    // An existing image may be mounted: the lock says so before anything is overwritten.
+    let _lock = match kind {
+        Kind::Missing => None,
+        _ => Some(image::lock(image)?),
+    };
+    let mut opts = cowfs::MkfsOptions {
+        label: label.unwrap_or_default(),
+        ..Default::default()
+    };
+    getrandom::fill(&mut opts.uuid).context("cannot get random bytes for the UUID")?;
+    let progress = Progress::start(&format!("making a {} filesystem", human(size)));
+    cowfs::Filesystem::mkfs_image(image, size, &opts)
+        .with_context(|| format!("mkfs {}", image.display()))?;
+    progress.finish();
+    println!(
+        "{}: cowcrypt filesystem, {}, label '{}', uuid {}",
+        image.display(),
+        human(size),
+        opts.label,
+        uuid_text(&opts.uuid)
+    );
+    Ok(())
+}
+
+fn uuid_text(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Opens `image` read-only under its lock.
+fn open_read_only(image: &Path) -> Result<(cowfs::Filesystem, image::Lock)> {
+    image::require(image)?;
+    let lock = image::lock(image)?;
+    let opts = cowfs::OpenOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    let fs = cowfs::Filesystem::open_image(image, &opts)
+        .with_context(|| format!("cannot open {}", image.display()))?;
+    Ok((fs, lock))
+}
+
+/// Checks `image`; every fault found is listed, and any fault makes the command fail.
+pub fn fsck(image: &Path) -> Result<()> {
+    let progress = Progress::start(&format!("checking {}", image.display()));
+    let (fs, _lock) = open_read_only(image)?;
+    let report = fs
+        .check()
+        .with_context(|| format!("checking {}", image.display()))?;
+    progress.finish();
+    print!("{report}");
+    if !report.is_clean() {
+        bail!(
+            "{}: {} fault(s) found",
+            image.display(),
+            report.faults.len()
+        );
+    }
+    println!("{}: clean", image.display());
+    Ok(())
+}
+
+/// Prints what `image` holds: for people, or as JSON.
+pub fn inspect(image: &Path, json: bool) -> Result<()> {
+    let progress = Progress::start(&format!("reading {}", image.display()));
+    let (fs, _lock) = open_read_only(image)?;
+    let inspection = fs
+        .inspect()
+        .with_context(|| format!("inspecting {}", image.display()))?;
+    progress.finish();
+    if json {
+        let text = serde_json::to_string_pretty(&inspection).context("cannot encode JSON")?;
+        println!("{text}");
+    } else {
+        print!("{inspection}");
+    }
+    Ok(())
+}

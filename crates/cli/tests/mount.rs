@@ -1,0 +1,581 @@
+//! `cowcrypt mkfs`, `mount`, `fsck` end to end against a real FUSE mount: what a person does with
+//! std::fs and shell tools, remounts, read-only mounts, SIGTERM, `umount` and `fusermount3 -u`.
+//!
+//! Needs root and /dev/fuse (and fusermount3 for its test). Without them each test says why and
+//! passes as skipped, except under CI=true where a missing requirement fails the test. Every mount
+//! is owned by a guard that unmounts it (lazily if it must) even when an assertion fails.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn cowcrypt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cowcrypt"))
+}
+
+/// Whether this machine can mount; under CI=true it must.
+fn can_mount(also_needs: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_owned());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse".to_owned());
+    }
+    for tool in also_needs {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !found {
+            missing.push((*tool).to_owned());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("needs {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true: mount tests cannot run: {why}");
+    }
+    eprintln!("skipping mount test: {why}");
+    false
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|mp| Path::new(mp) == dir.as_path())
+    })
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until no daemon holds the image (its last commit is done).
+fn wait_released(image: &Path) {
+    wait_until(
+        "the daemon released the image",
+        Duration::from_secs(60),
+        || {
+            let f = File::open(image).unwrap();
+            f.try_lock().is_ok()
+        },
+    );
+}
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn assert_one_line_failure(out: Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("cowcrypt: "), "{err}");
+    assert!(err.contains(needle), "wanted {needle:?} in {err}");
+}
+
+/// A scratch image and mount point.
+struct Scratch {
+    _tmp: tempfile::TempDir,
+    image: PathBuf,
+    dir: PathBuf,
+}
+
+fn scratch(size: &str) -> Scratch {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("disk.img");
+    let dir = tmp.path().join("mnt");
+    fs::create_dir(&dir).unwrap();
+    ok(
+        cowcrypt()
+            .args(["mkfs", "--size", size, "--label", "test"])
+            .arg(&image)
+            .output()
+            .unwrap(),
+        "mkfs",
+    );
+    Scratch {
+        _tmp: tmp,
+        image,
+        dir,
+    }
+}
+
+/// Unmounts on drop whatever is still mounted, and stops a foreground daemon it owns.
+struct Mounted {
+    dir: PathBuf,
+    image: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let clean = Command::new("umount").arg(&self.dir).status();
+            if !clean.map(|s| s.success()).unwrap_or(false) {
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Mounted {
+    /// Unmounts with `tool` (umount or fusermount3 -u) and waits for the daemon's last commit.
+    fn unmount_with(mut self, tool: &[&str]) {
+        let out = Command::new(tool[0])
+            .args(&tool[1..])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        ok(out, &tool.join(" "));
+        assert!(!is_mounted(&self.dir));
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "daemon exited with {status}");
+        }
+        wait_released(&self.image);
+    }
+}
+
+/// `cowcrypt mount` in the background: the mount must be live when the command returns.
+fn mount(s: &Scratch, opts: &[&str]) -> Mounted {
+    let mut cmd = cowcrypt();
+    cmd.arg("mount");
+    for o in opts {
+        cmd.args(["-o", o]);
+    }
+    let out = cmd.arg(&s.image).arg(&s.dir).output().unwrap();
+    let guard = Mounted {
+        dir: s.dir.clone(),
+        image: s.image.clone(),
+        child: None,
+    };
+    ok(out, "mount");
+    assert!(
+        is_mounted(&s.dir),
+        "mount returned before the mount was live"
+    );
+    guard
+}
+
+fn fsck_clean(image: &Path) {
+    let out = ok(cowcrypt().arg("fsck").arg(image).output().unwrap(), "fsck");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("clean"), "{text}");
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated and live across the call; the value pointer and
+    // length describe one live slice.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: as in set_xattr; the buffer is writable for its whole length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn sh(cmd: &str) -> Output {
+    ok(Command::new("sh").args(["-c", cmd]).output().unwrap(), cmd)
+}
+
+/// Bytes that differ everywhere (a repeated pattern would hide misplaced blocks).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn posix_operations_persist_across_remounts() {
+    if !can_mount(&["fusermount3"]) {
+        return;
+    }
+    let s = scratch("256M");
+    let m = mount(&s, &[]);
+    let d = &s.dir;
+
+    fs::write(d.join("hello.txt"), b"hello, world\n").unwrap();
+    assert_eq!(fs::read(d.join("hello.txt")).unwrap(), b"hello, world\n");
+    fs::create_dir_all(d.join("a/b/c")).unwrap();
+    fs::write(d.join("a/b/c/deep"), b"deep").unwrap();
+    std::os::unix::fs::symlink("hello.txt", d.join("link")).unwrap();
+    assert_eq!(
+        fs::read_link(d.join("link")).unwrap(),
+        Path::new("hello.txt")
+    );
+    assert_eq!(fs::read(d.join("link")).unwrap(), b"hello, world\n");
+    fs::hard_link(d.join("hello.txt"), d.join("hard")).unwrap();
+    let (m1, m2) = (
+        fs::metadata(d.join("hello.txt")).unwrap(),
+        fs::metadata(d.join("hard")).unwrap(),
+    );
+    assert_eq!((m1.ino(), m1.nlink()), (m2.ino(), 2));
+    fs::write(d.join("old"), b"renamed").unwrap();
+    fs::rename(d.join("old"), d.join("a/new")).unwrap();
+    assert_eq!(errno_of(fs::metadata(d.join("old"))), libc::ENOENT);
+    set_xattr(&d.join("hello.txt"), "user.color", b"blue").unwrap();
+    assert_eq!(
+        get_xattr(&d.join("hello.txt"), "user.color").unwrap(),
+        b"blue"
+    );
+    assert_eq!(
+        errno_of(get_xattr(&d.join("hello.txt"), "user.none")),
+        libc::ENODATA
+    );
+
+    // Shell tools: ls, cat, echo >>, mv, rm, mkdir -p.
+    let dq = d.display();
+    sh(&format!(
+        "echo more >> {dq}/hello.txt && mkdir -p {dq}/sh/x && mv {dq}/a/b/c/deep {dq}/sh/x/"
+    ));
+    sh(&format!("echo gone > {dq}/tmpfile && rm {dq}/tmpfile"));
+    let ls = sh(&format!("ls -la {dq}"));
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    for name in ["hello.txt", "link -> hello.txt", "hard", "a", "sh"] {
+        assert!(listing.contains(name), "{name} missing from\n{listing}");
+    }
+    assert!(!listing.contains("tmpfile"), "{listing}");
+    let mut names: Vec<_> = fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "hard", "hello.txt", "link", "sh"]);
+
+    // A hard link sees writes through the other name, and nlink follows an unlink.
+    assert_eq!(fs::read(d.join("hard")).unwrap(), b"hello, world\nmore\n");
+    fs::hard_link(d.join("hard"), d.join("a/third")).unwrap();
+    assert_eq!(fs::metadata(d.join("hello.txt")).unwrap().nlink(), 3);
+    fs::remove_file(d.join("a/third")).unwrap();
+    assert_eq!(fs::metadata(d.join("hard")).unwrap().nlink(), 2);
+
+    m.unmount_with(&["umount"]);
+    fsck_clean(&s.image);
+
+    // Everything is there after a remount; then unmount with fusermount3.
+    let m = mount(&s, &[]);
+    assert_eq!(
+        fs::read(d.join("hello.txt")).unwrap(),
+        b"hello, world\nmore\n"
+    );
+    assert_eq!(fs::read(d.join("sh/x/deep")).unwrap(), b"deep");
+    assert_eq!(fs::read(d.join("a/new")).unwrap(), b"renamed");
+    assert_eq!(
+        fs::read_link(d.join("link")).unwrap(),
+        Path::new("hello.txt")
+    );
+    assert_eq!(fs::metadata(d.join("hard")).unwrap().nlink(), 2);
+    assert_eq!(get_xattr(&d.join("hard"), "user.color").unwrap(), b"blue");
+    fs::write(d.join("after-remount"), b"x").unwrap();
+    m.unmount_with(&["fusermount3", "-u"]);
+    fsck_clean(&s.image);
+
+    let m = mount(&s, &["ro"]);
+    assert_eq!(fs::read(d.join("after-remount")).unwrap(), b"x");
+    m.unmount_with(&["umount"]);
+}
+
+#[test]
+fn read_only_mount_refuses_writes_with_erofs() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("64M");
+    let m = mount(&s, &[]);
+    fs::write(s.dir.join("f"), b"data").unwrap();
+    m.unmount_with(&["umount"]);
+
+    let m = mount(&s, &["ro,nosuid"]);
+    let d = &s.dir;
+    assert_eq!(fs::read(d.join("f")).unwrap(), b"data");
+    assert_eq!(errno_of(fs::write(d.join("g"), b"x")), libc::EROFS);
+    assert_eq!(
+        errno_of(OpenOptions::new().append(true).open(d.join("f"))),
+        libc::EROFS
+    );
+    assert_eq!(errno_of(fs::create_dir(d.join("dir"))), libc::EROFS);
+    assert_eq!(errno_of(fs::remove_file(d.join("f"))), libc::EROFS);
+    assert_eq!(
+        errno_of(set_xattr(&d.join("f"), "user.x", b"1")),
+        libc::EROFS
+    );
+    m.unmount_with(&["umount"]);
+    fsck_clean(&s.image);
+}
+
+#[test]
+fn sigterm_commits_and_unmounts() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("64M");
+    let log = s.image.with_extension("fg.log");
+    let child = cowcrypt()
+        .args(["mount", "-f"])
+        .arg(&s.image)
+        .arg(&s.dir)
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut m = Mounted {
+        dir: s.dir.clone(),
+        image: s.image.clone(),
+        child: Some(child),
+    };
+    wait_until(
+        "the foreground mount is live",
+        Duration::from_secs(30),
+        || is_mounted(&s.dir),
+    );
+    let data = pattern(3 << 20, 7);
+    // Written and closed, never fsync'd: only the signal's sync can make it durable.
+    fs::write(s.dir.join("unsynced"), &data).unwrap();
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let status = m.child.take().unwrap().wait().unwrap();
+    let log_text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "daemon exited with {status}; log:\n{log_text}"
+    );
+    assert!(!is_mounted(&s.dir), "still mounted after SIGTERM");
+    fsck_clean(&s.image);
+
+    let m2 = mount(&s, &["ro"]);
+    assert!(fs::read(s.dir.join("unsynced")).unwrap() == data);
+    m2.unmount_with(&["umount"]);
+    drop(m);
+}
+
+#[test]
+fn large_files_and_reflink_auto_copy() {
+    if !can_mount(&["cp"]) {
+        return;
+    }
+    let s = scratch("512M");
+    let log = s.image.with_file_name("custom.log");
+    let m = mount(&s, &[&format!("log={}", log.display())]);
+    assert!(log.exists(), "-o log=PATH did not create the log");
+    let d = &s.dir;
+    let big = pattern(48 << 20, 42);
+    {
+        let mut f = File::create(d.join("big")).unwrap();
+        for chunk in big.chunks(1 << 20) {
+            f.write_all(chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let mut back = Vec::new();
+    File::open(d.join("big"))
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == big, "large file read back differs");
+    // A read at an odd offset crossing request boundaries.
+    let mut f = File::open(d.join("big")).unwrap();
+    f.seek(SeekFrom::Start((5 << 20) + 123)).unwrap();
+    let mut part = vec![0u8; 3 << 20];
+    f.read_exact(&mut part).unwrap();
+    assert!(part[..] == big[(5 << 20) + 123..(8 << 20) + 123]);
+    drop(f);
+
+    // cp --reflink=auto: FICLONE is refused on FUSE, copy_file_range may be; either way a copy.
+    let dq = d.display();
+    sh(&format!("cp --reflink=auto {dq}/big {dq}/copy"));
+    assert!(
+        fs::read(d.join("copy")).unwrap() == big,
+        "cp --reflink=auto copy differs"
+    );
+    // Append through another handle: the copy is a file of its own.
+    let mut a = OpenOptions::new()
+        .append(true)
+        .open(d.join("copy"))
+        .unwrap();
+    a.write_all(b"tail").unwrap();
+    drop(a);
+    assert_eq!(fs::metadata(d.join("copy")).unwrap().len(), (48 << 20) + 4);
+    m.unmount_with(&["umount"]);
+    fsck_clean(&s.image);
+}
+
+#[test]
+fn an_image_in_use_is_refused() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("64M");
+    let m = mount(&s, &[]);
+    let other = s.dir.with_file_name("mnt2");
+    fs::create_dir(&other).unwrap();
+    let out = cowcrypt()
+        .arg("mount")
+        .arg(&s.image)
+        .arg(&other)
+        .output()
+        .unwrap();
+    let _guard = Mounted {
+        dir: other.clone(),
+        image: s.image.clone(),
+        child: None,
+    };
+    assert_one_line_failure(out, "in use");
+    assert!(!is_mounted(&other));
+    let out = cowcrypt().arg("fsck").arg(&s.image).output().unwrap();
+    assert_one_line_failure(out, "in use");
+    m.unmount_with(&["umount"]);
+    fsck_clean(&s.image);
+}
+
+#[test]
+fn bad_arguments_are_one_line_and_status_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.img");
+    let file = tmp.path().join("file");
+    fs::write(&file, b"").unwrap();
+    let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
+        (vec!["frobnicate".as_ref()], "frobnicate"),
+        (vec![], "command is required"),
+        (vec!["mount".as_ref()], "<IMAGE>"),
+        (vec!["mkfs".as_ref(), missing.as_os_str()], "--size"),
+        (
+            vec![
+                "mkfs".as_ref(),
+                "--size".as_ref(),
+                "12Q".as_ref(),
+                missing.as_os_str(),
+            ],
+            "12Q",
+        ),
+        (
+            vec![
+                "mount".as_ref(),
+                "-o".as_ref(),
+                "bogus".as_ref(),
+                file.as_os_str(),
+                tmp.path().as_os_str(),
+            ],
+            "bogus",
+        ),
+        (
+            vec![
+                "mount".as_ref(),
+                "-o".as_ref(),
+                "default_permissions".as_ref(),
+                file.as_os_str(),
+                tmp.path().as_os_str(),
+            ],
+            "permissions itself",
+        ),
+        (
+            vec![
+                "mount".as_ref(),
+                missing.as_os_str(),
+                tmp.path().as_os_str(),
+            ],
+            "missing.img",
+        ),
+        (
+            vec!["mount".as_ref(), file.as_os_str(), file.as_os_str()],
+            "not a directory",
+        ),
+        (vec!["fsck".as_ref(), missing.as_os_str()], "missing.img"),
+        (
+            vec!["inspect".as_ref(), "--bogus".as_ref(), file.as_os_str()],
+            "--bogus",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = cowcrypt().args(&args).output().unwrap();
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_one_line_failure(out, needle);
+    }
+    // --help works everywhere, on stdout, with status 0.
+    for sub in [
+        &[][..],
+        &["mkfs"],
+        &["mount"],
+        &["fsck"],
+        &["inspect"],
+        &["key", "identifier"],
+    ] {
+        let out = cowcrypt().args(sub).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{sub:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{sub:?}"
+        );
+    }
+}
