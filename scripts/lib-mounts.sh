@@ -3,7 +3,8 @@
 # `cleanup_mounts`, which callers run from an EXIT trap so a failure never leaves one behind.
 #
 # Expects: set -euo pipefail in the caller. Provides:
-#   mnt_cowcrypt BIN IMAGE DIR     start `BIN mount -f IMAGE DIR` in the background, wait for it
+#   mnt_cowcrypt BIN IMAGE DIR [LOG]  start `BIN mount -f [-o $COWCRYPT_MOUNT_OPTS] IMAGE DIR` in
+#                                  the background and wait until it is mounted
 #   mnt_ext4 IMAGE DIR             mount an ext4 image through a loop device of our own
 #   mnt_gocryptfs CIPHERDIR DIR    mount gocryptfs (password "pw")
 #   umount_one DIR                 unmount one of ours (FUSE daemons are waited for)
@@ -26,9 +27,10 @@ wait_mounted() {
 }
 
 mnt_cowcrypt() {
-    local bin=$1 image=$2 dir=$3 logf=${4:-/dev/null}
+    local bin=$1 image=$2 dir=$3 logf=${4:-/dev/null} opts=()
+    [ -n "${COWCRYPT_MOUNT_OPTS:-}" ] && opts=(-o "$COWCRYPT_MOUNT_OPTS")
     mkdir -p "$dir"
-    "$bin" mount -f "$image" "$dir" >>"$logf" 2>&1 &
+    "$bin" mount -f "${opts[@]}" "$image" "$dir" >>"$logf" 2>&1 &
     local pid=$!
     _OUR_MOUNTS+=("$dir")
     _OUR_PIDS[$dir]=$pid

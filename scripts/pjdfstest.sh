@@ -80,13 +80,24 @@ entries = [["nobody", "$NOBODY_GROUP"], ["tests", "tests"]]
 EOF
 }
 write_config "$WORK/pjdfstest.toml" false
+# pjdfstest remounts with `mount -o remount,ro DIR`. For a mount of type "fuse" util-linux
+# hands that to mount.fuse3, which runs the mount's source (our image path) as a program and
+# fails; `mount -i` skips helpers and makes the plain remount system call, as for ext4.
+REAL_MOUNT=$(command -v mount)
+mkdir -p "$WORK/bin"
+cat >"$WORK/bin/mount" <<EOF
+#!/bin/sh
+case " \$* " in *remount*) exec $REAL_MOUNT -i "\$@" ;; esac
+exec $REAL_MOUNT "\$@"
+EOF
+chmod 0755 "$WORK/bin/mount"
 write_config "$WORK/pjdfstest-erofs.toml" true
 
 # One pjdfstest invocation: config $1, mount point $2, log $3, then patterns.
 pjdfstest_pass() {
     local cfg=$1 dir=$2 logf=$3 rc=0
     shift 3
-    NO_COLOR=1 timeout 900 pjdfstest -c "$cfg" -p "$dir" -s "$WORK/secondary" "$@" \
+    PATH="$WORK/bin:$PATH" NO_COLOR=1 timeout 900 pjdfstest -c "$cfg" -p "$dir" -s "$WORK/secondary" "$@" \
         >"$logf" 2>&1 || rc=$?
     if [ "$rc" = 124 ]; then
         echo "pjdfstest timed out (log: $logf)" >&2
@@ -148,7 +159,9 @@ fi
 if [ "$FS" = cowcrypt ] || [ "$FS" = both ]; then
     BIN=$(find_cowcrypt "$ROOT")
     "$BIN" mkfs "$WORK/cowcrypt.img" --size 2G >"$RESULTS/cowcrypt-mkfs.log" 2>&1
-    mnt_cowcrypt "$BIN" "$WORK/cowcrypt.img" "$WORK/cowcrypt" "$RESULTS/cowcrypt-daemon.log"
+    # allow_other: pjdfstest runs cases as "nobody" and "tests"; suid and dev as ext4 has them.
+    COWCRYPT_MOUNT_OPTS=allow_other,suid,dev \
+        mnt_cowcrypt "$BIN" "$WORK/cowcrypt.img" "$WORK/cowcrypt" "$RESULTS/cowcrypt-daemon.log"
     run_pjdfstest cowcrypt "$WORK/cowcrypt" || status=1
     umount_one "$WORK/cowcrypt"
     if "$BIN" fsck "$WORK/cowcrypt.img" >"$RESULTS/cowcrypt-fsck.log" 2>&1; then
