@@ -12,7 +12,7 @@
 #   create      --files new 4 KiB files in one directory (open, write, close each), then sync
 # and the script prints a Markdown table with the ratios cowcrypt/gocryptfs and cowcrypt/ext4
 # against the goals (sequential >= 1.5x gocryptfs, file creation >= gocryptfs), also written to
-# --out (default bench/last-run.md).
+# --out (default target/bench-last-run.md).
 #
 # Setup: ext4 on a loop image; gocryptfs (-init -extpass 'echo pw') on a directory of a second
 # ext4 loop image; cowcrypt's image a plain file. All images live in one scratch directory
@@ -28,7 +28,7 @@ FSLIST=cowcrypt,gocryptfs,ext4
 SIZE=1G
 RUNTIME=20
 NFILES=10000
-OUT=$ROOT/bench/last-run.md
+OUT=$ROOT/target/bench-last-run.md
 while [ $# -gt 0 ]; do
     case $1 in
         --fs) FSLIST=$2; shift 2 ;;
