@@ -579,3 +579,69 @@ fn bad_arguments_are_one_line_and_status_1() {
         );
     }
 }
+
+/// Runs `script` as uid/gid 65534 with supplementary group 1234; returns (status ok, stdout).
+fn as_nobody(script: &str) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--groups=1234",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn other_users_get_cowfs_permission_checks() {
+    if !can_mount(&["setpriv"]) {
+        return;
+    }
+    let s = scratch("64M");
+    let m = mount(&s, &["allow_other"]);
+    let d = &s.dir;
+    let dq = d.display();
+    fs::write(d.join("shared"), b"readable").unwrap();
+    fs::create_dir(d.join("private")).unwrap();
+    fs::create_dir(d.join("grp")).unwrap();
+    fs::create_dir(d.join("open")).unwrap();
+    sh(&format!(
+        "chmod 0700 {dq}/private && chown 0:1234 {dq}/grp && chmod 0770 {dq}/grp && chmod 0777 {dq}/open"
+    ));
+
+    let (ok_read, text) = as_nobody(&format!("cat {dq}/shared"));
+    assert!(ok_read && text.contains("readable"), "{text}");
+    let (ok_write, text) = as_nobody(&format!("echo x >> {dq}/shared"));
+    assert!(!ok_write && text.contains("Permission denied"), "{text}");
+    let (ok_ls, text) = as_nobody(&format!("ls {dq}/private"));
+    assert!(!ok_ls && text.contains("Permission denied"), "{text}");
+    // Only the supplementary group (read from /proc) grants this.
+    let (ok_grp, text) = as_nobody(&format!("touch {dq}/grp/mine"));
+    assert!(ok_grp, "{text}");
+    let meta = fs::metadata(d.join("grp/mine")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    // The caller's umask reaches cowfs (FUSE_DONT_MASK: the kernel leaves it to us).
+    let (ok_umask, text) = as_nobody(&format!(
+        "umask 077 && touch {dq}/open/f && mkdir {dq}/open/d"
+    ));
+    assert!(ok_umask, "{text}");
+    assert_eq!(
+        fs::metadata(d.join("open/f")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(d.join("open/d")).unwrap().mode() & 0o777,
+        0o700
+    );
+    // Not the owner: chmod of root's file is refused.
+    let (ok_chmod, text) = as_nobody(&format!("chmod 0666 {dq}/shared"));
+    assert!(!ok_chmod && text.contains("not permitted"), "{text}");
+    m.unmount_with(&["umount"]);
+}
