@@ -146,18 +146,33 @@ fn serve(live: Live, signals: SigSet) -> Result<()> {
 }
 
 fn init_logging() {
+    use tracing::Level;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
     let level = match std::env::var("COWCRYPT_LOG").as_deref() {
-        Ok("trace") => tracing::Level::TRACE,
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("error") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
+        Ok("trace") => Level::TRACE,
+        Ok("debug") => Level::DEBUG,
+        Ok("warn") => Level::WARN,
+        Ok("error") => Level::ERROR,
+        _ => Level::INFO,
     };
+    // fuser narrates its own mount and unmount (and warns when it finds the mount already gone,
+    // which is how every external unmount ends): only its errors, unless debugging.
+    let fuser_level = if level >= Level::DEBUG {
+        level
+    } else {
+        Level::ERROR
+    };
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target("fuser", fuser_level);
     // Fails only when a logger is already installed, which then keeps logging.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
+        .finish()
+        .with(filter)
         .try_init();
 }
 
