@@ -645,3 +645,77 @@ fn other_users_get_cowfs_permission_checks() {
     assert!(!ok_chmod && text.contains("not permitted"), "{text}");
     m.unmount_with(&["umount"]);
 }
+
+/// Physical byte ranges of every data extent, from `inspect --json`.
+fn data_extents(image: &Path) -> Vec<(u64, u64)> {
+    let out = ok(
+        cowcrypt()
+            .args(["inspect", "--json"])
+            .arg(image)
+            .output()
+            .unwrap(),
+        "inspect --json",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ranges = Vec::new();
+    for sv in v["subvolumes"].as_array().unwrap() {
+        for inode in sv["inodes"].as_array().unwrap() {
+            for e in inode["extents"].as_array().unwrap() {
+                if let (Some(p), Some(l)) = (e["physical"].as_u64(), e["extent_length"].as_u64()) {
+                    ranges.push((p, l));
+                }
+            }
+        }
+    }
+    ranges
+}
+
+#[test]
+fn damage_is_eio_through_the_mount_and_a_failed_fsck() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("64M");
+    let m = mount(&s, &[]);
+    fs::write(s.dir.join("victim"), pattern(64 << 10, 3)).unwrap();
+    m.unmount_with(&["umount"]);
+    let extents = data_extents(&s.image);
+    assert_eq!(extents.len(), 1, "{extents:?}");
+
+    // Damaged file data: reads fail with EIO rather than return wrong bytes.
+    let mut img = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&s.image)
+        .unwrap();
+    img.seek(SeekFrom::Start(extents[0].0 + 100)).unwrap();
+    img.write_all(b"garbage").unwrap();
+    img.sync_all().unwrap();
+    let m = mount(&s, &["ro"]);
+    assert_eq!(errno_of(fs::read(s.dir.join("victim"))), libc::EIO);
+    m.unmount_with(&["umount"]);
+
+    // Damaged metadata: every written block past the superblocks that is not file data.
+    let len = img.seek(SeekFrom::End(0)).unwrap();
+    let mut block = vec![0u8; 4096];
+    let mut damaged = 0;
+    for at in (1u64 << 20..len).step_by(4096) {
+        if extents.iter().any(|&(p, l)| at >= p && at < p + l) {
+            continue;
+        }
+        img.seek(SeekFrom::Start(at)).unwrap();
+        img.read_exact(&mut block).unwrap();
+        if block.iter().any(|&b| b != 0) {
+            block[2048] ^= 0x55;
+            img.seek(SeekFrom::Start(at)).unwrap();
+            img.write_all(&block).unwrap();
+            damaged += 1;
+        }
+    }
+    img.sync_all().unwrap();
+    assert!(damaged > 0);
+    let out = cowcrypt().arg("fsck").arg(&s.image).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "fsck passed a damaged image");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
