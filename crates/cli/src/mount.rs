@@ -90,11 +90,7 @@ struct Live {
 /// Locks the image, opens the filesystem and mounts it.
 fn setup(image: &Path, dir: &Path, opts: &fusemount::MountOptions) -> Result<Live> {
     let lock = image::lock(image)?;
-    let open = cowfs::OpenOptions {
-        read_only: opts.read_only,
-        ..Default::default()
-    };
-    let fs = cowfs::Filesystem::open_image(image, &open)
+    let fs = cowfs::Filesystem::open_image(image, &fusemount::open_options(opts))
         .with_context(|| format!("cannot open {}", image.display()))?;
     let source = image.display().to_string();
     let mount = fusemount::mount(fs, dir, &source, opts)?;

@@ -320,6 +320,24 @@ fn posix_operations_persist_across_remounts() {
     fs::remove_file(d.join("a/third")).unwrap();
     assert_eq!(fs::metadata(d.join("hard")).unwrap().nlink(), 2);
 
+    // An open file outlives its last name (the kernel's lookup and the handle keep it).
+    {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.join("doomed"))
+            .unwrap();
+        f.write_all(b"still here").unwrap();
+        fs::remove_file(d.join("doomed")).unwrap();
+        assert_eq!(errno_of(fs::metadata(d.join("doomed"))), libc::ENOENT);
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut back = String::new();
+        f.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "still here");
+    }
+
     m.unmount_with(&["umount"]);
     fsck_clean(&s.image);
 
