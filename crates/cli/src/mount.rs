@@ -63,7 +63,11 @@ pub fn run(req: Request) -> Result<()> {
     }
     check_paths(&req.image, &req.dir)?;
     if req.foreground {
-        init_logging();
+        let log = match &parsed.log {
+            Some(path) => Some(open_log(path)?),
+            None => None,
+        };
+        init_logging(log);
         let signals = block_signals()?;
         let mount = setup(&req.image, &req.dir, &parsed.fuse)?;
         return serve(mount, signals);
@@ -141,9 +145,20 @@ fn serve(live: Live, signals: SigSet) -> Result<()> {
     Ok(result?)
 }
 
-fn init_logging() {
+/// Opens (appending) the log file a mount writes to.
+fn open_log(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open log file {}", path.display()))
+}
+
+/// Logs to `file`, or to stderr (the daemon's stderr already is its log file).
+fn init_logging(file: Option<std::fs::File>) {
     use tracing::Level;
     use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::prelude::*;
     let level = match std::env::var("COWCRYPT_LOG").as_deref() {
         Ok("trace") => Level::TRACE,
@@ -163,8 +178,12 @@ fn init_logging() {
         .with_default(level)
         .with_target("fuser", fuser_level);
     // Fails only when a logger is already installed, which then keeps logging.
+    let writer = match file {
+        Some(f) => BoxMakeWriter::new(std::sync::Mutex::new(f)),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_max_level(level)
         .with_target(false)
         .finish()
@@ -203,11 +222,7 @@ fn spawn_daemon(req: &Request, parsed: &Parsed) -> Result<()> {
         }
         None => default_log(&image),
     };
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open log file {}", log_path.display()))?;
+    let log = open_log(&log_path)?;
     let exe = std::env::current_exe().context("cannot find the cowcrypt executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount").arg("--daemon-child");
@@ -248,7 +263,7 @@ fn run_daemon_child(req: &Request, parsed: &Parsed) -> Result<()> {
     nix::unistd::setsid().context("cannot start a new session")?;
     // Do not keep the parent's working directory (and its filesystem) busy.
     std::env::set_current_dir("/").context("cannot change to /")?;
-    init_logging();
+    init_logging(None);
     tracing::info!(
         "cowcrypt {} daemon (pid {}) mounting {} on {}",
         env!("CARGO_PKG_VERSION"),

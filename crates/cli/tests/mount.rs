@@ -400,11 +400,12 @@ fn sigterm_commits_and_unmounts() {
     let s = scratch("64M");
     let log = s.image.with_extension("fg.log");
     let child = cowcrypt()
-        .args(["mount", "-f"])
+        .args(["mount", "-f", "-o"])
+        .arg(format!("log={}", log.display()))
         .arg(&s.image)
         .arg(&s.dir)
         .stdout(Stdio::null())
-        .stderr(File::create(&log).unwrap())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -430,6 +431,10 @@ fn sigterm_commits_and_unmounts() {
         "daemon exited with {status}; log:\n{log_text}"
     );
     assert!(!is_mounted(&s.dir), "still mounted after SIGTERM");
+    assert!(
+        log_text.contains("SIGTERM"),
+        "the log does not tell:\n{log_text}"
+    );
     fsck_clean(&s.image);
 
     let m2 = mount(&s, &["ro"]);
