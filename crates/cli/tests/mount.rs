@@ -663,6 +663,13 @@ fn other_users_get_cowfs_permission_checks() {
         fs::metadata(d.join("open/d")).unwrap().mode() & 0o777,
         0o700
     );
+    // A write by another user to a setuid file is allowed and clears setuid (and setgid, with
+    // group-execute) at once: stat right after it must not show the old mode.
+    fs::write(d.join("suid"), b"#!/bin/sh\n").unwrap();
+    sh(&format!("chmod 6777 {dq}/suid"));
+    let (ok_suid, text) = as_nobody(&format!("echo 'echo hi' >> {dq}/suid"));
+    assert!(ok_suid, "{text}");
+    assert_eq!(fs::metadata(d.join("suid")).unwrap().mode() & 0o7777, 0o777);
     // Not the owner: chmod of root's file is refused.
     let (ok_chmod, text) = as_nobody(&format!("chmod 0666 {dq}/shared"));
     assert!(!ok_chmod && text.contains("not permitted"), "{text}");
