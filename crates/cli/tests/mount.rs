@@ -19,8 +19,7 @@ fn cowcrypt() -> Command {
 /// Whether this machine can mount; under CI=true it must.
 fn can_mount(also_needs: &[&str]) -> bool {
     let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         missing.push("root".to_owned());
     }
     if !Path::new("/dev/fuse").exists() {
@@ -422,8 +421,8 @@ fn sigterm_commits_and_unmounts() {
     let data = pattern(3 << 20, 7);
     // Written and closed, never fsync'd: only the signal's sync can make it durable.
     fs::write(s.dir.join("unsynced"), &data).unwrap();
-    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = m.child.take().unwrap().wait().unwrap();
     let log_text = fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -748,4 +747,44 @@ fn damage_is_eio_through_the_mount_and_a_failed_fsck() {
     assert_eq!(out.status.code(), Some(1), "fsck passed a damaged image");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn concurrent_clients_are_served_in_parallel() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("256M");
+    let m = mount(&s, &["threads=4"]);
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let dir = s.dir.join(format!("w{t}"));
+            std::thread::spawn(move || {
+                fs::create_dir(&dir).unwrap();
+                for i in 0..40u64 {
+                    let data = pattern(((i % 7) as usize + 1) * 37_000, t * 1000 + i);
+                    let p = dir.join(format!("f{i}"));
+                    fs::write(&p, &data).unwrap();
+                    assert!(fs::read(&p).unwrap() == data, "worker {t} file {i} differs");
+                    if i % 3 == 0 {
+                        fs::rename(&p, dir.join(format!("r{i}"))).unwrap();
+                    }
+                    if i % 5 == 0 {
+                        assert!(fs::read_dir(&dir).unwrap().count() > 0);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    for t in 0..4 {
+        assert_eq!(
+            fs::read_dir(s.dir.join(format!("w{t}"))).unwrap().count(),
+            40
+        );
+    }
+    m.unmount_with(&["umount"]);
+    fsck_clean(&s.image);
 }
