@@ -319,6 +319,49 @@ fn posix_operations_persist_across_remounts() {
     fs::remove_file(d.join("a/third")).unwrap();
     assert_eq!(fs::metadata(d.join("hard")).unwrap().nlink(), 2);
 
+    // fallocate, SEEK_DATA/SEEK_HOLE, and an ioctl nobody implements (ENOTTY, as for TCGETS).
+    {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        use nix::unistd::{Whence, lseek};
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.join("sparse"))
+            .unwrap();
+        fallocate(&f, FallocateFlags::empty(), 0, 1 << 20).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+        fallocate(
+            &f,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            0,
+            64 << 10,
+        )
+        .unwrap();
+        assert_eq!(lseek(&f, 0, Whence::SeekHole).unwrap(), 0);
+        assert_eq!(lseek(&f, 0, Whence::SeekData).unwrap(), 64 << 10);
+        let collapse = fallocate(&f, FallocateFlags::FALLOC_FL_COLLAPSE_RANGE, 0, 4096);
+        assert_eq!(collapse, Err(nix::Error::EOPNOTSUPP));
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: TCGETS writes at most one termios into the buffer given, which is that size;
+        // the descriptor stays open for the call.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::TCGETS,
+                termios.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+        drop(f);
+        fs::remove_file(d.join("sparse")).unwrap();
+    }
+
     // An open file outlives its last name (the kernel's lookup and the handle keep it).
     {
         let mut f = OpenOptions::new()
