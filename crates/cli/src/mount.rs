@@ -68,6 +68,7 @@ pub fn run(req: Request) -> Result<()> {
             None => None,
         };
         init_logging(log);
+        abort_on_panic();
         let signals = block_signals()?;
         let mount = setup(&req.image, &req.dir, &parsed.fuse)?;
         return serve(mount, signals);
@@ -99,6 +100,19 @@ fn setup(image: &Path, dir: &Path, opts: &fusemount::MountOptions) -> Result<Liv
     let source = image.display().to_string();
     let mount = fusemount::mount(fs, dir, &source, opts)?;
     Ok(Live { mount, _lock: lock })
+}
+
+/// A panic anywhere in a mounted daemon (a worker, cowfs's commit thread) ends the process.
+/// Otherwise the panicking worker is gone and the callers it would have served hang on the mount;
+/// with the process gone the kernel fails them (ENOTCONN), and the image keeps its last commit,
+/// which copy-on-write leaves intact.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("fatal: {info}");
+        default(info);
+        std::process::abort();
+    }));
 }
 
 /// Blocks the stop signals in this thread and so in every thread started after it.
@@ -264,6 +278,7 @@ fn run_daemon_child(req: &Request, parsed: &Parsed) -> Result<()> {
     // Do not keep the parent's working directory (and its filesystem) busy.
     std::env::set_current_dir("/").context("cannot change to /")?;
     init_logging(None);
+    abort_on_panic();
     tracing::info!(
         "cowcrypt {} daemon (pid {}) mounting {} on {}",
         env!("CARGO_PKG_VERSION"),
