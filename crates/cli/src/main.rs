@@ -67,7 +67,7 @@ enum Command {
 
 #[derive(Args)]
 struct MountArgs {
-    /// Stay in the foreground and log to stderr.
+    /// Stay in the foreground and log to stderr (or to -o log=PATH).
     #[arg(short, long)]
     foreground: bool,
     /// Comma-separated options (may be repeated): ro, rw, allow_other, log=PATH, threads=N,

@@ -63,7 +63,12 @@ pub fn run(req: Request) -> Result<()> {
     }
     check_paths(&req.image, &req.dir)?;
     if req.foreground {
-        init_logging();
+        let log = match &parsed.log {
+            Some(path) => Some(open_log(path)?),
+            None => None,
+        };
+        init_logging(log);
+        abort_on_panic();
         let signals = block_signals()?;
         let mount = setup(&req.image, &req.dir, &parsed.fuse)?;
         return serve(mount, signals);
@@ -90,15 +95,24 @@ struct Live {
 /// Locks the image, opens the filesystem and mounts it.
 fn setup(image: &Path, dir: &Path, opts: &fusemount::MountOptions) -> Result<Live> {
     let lock = image::lock(image)?;
-    let open = cowfs::OpenOptions {
-        read_only: opts.read_only,
-        ..Default::default()
-    };
-    let fs = cowfs::Filesystem::open_image(image, &open)
+    let fs = cowfs::Filesystem::open_image(image, &fusemount::open_options(opts))
         .with_context(|| format!("cannot open {}", image.display()))?;
     let source = image.display().to_string();
     let mount = fusemount::mount(fs, dir, &source, opts)?;
     Ok(Live { mount, _lock: lock })
+}
+
+/// A panic anywhere in a mounted daemon (a worker, cowfs's commit thread) ends the process.
+/// Otherwise the panicking worker is gone and the callers it would have served hang on the mount;
+/// with the process gone the kernel fails them (ENOTCONN), and the image keeps its last commit,
+/// which copy-on-write leaves intact.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("fatal: {info}");
+        default(info);
+        std::process::abort();
+    }));
 }
 
 /// Blocks the stop signals in this thread and so in every thread started after it.
@@ -145,19 +159,49 @@ fn serve(live: Live, signals: SigSet) -> Result<()> {
     Ok(result?)
 }
 
-fn init_logging() {
+/// Opens (appending) the log file a mount writes to.
+fn open_log(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open log file {}", path.display()))
+}
+
+/// Logs to `file`, or to stderr (the daemon's stderr already is its log file).
+fn init_logging(file: Option<std::fs::File>) {
+    use tracing::Level;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::prelude::*;
     let level = match std::env::var("COWCRYPT_LOG").as_deref() {
-        Ok("trace") => tracing::Level::TRACE,
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("error") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
+        Ok("trace") => Level::TRACE,
+        Ok("debug") => Level::DEBUG,
+        Ok("warn") => Level::WARN,
+        Ok("error") => Level::ERROR,
+        _ => Level::INFO,
     };
+    // fuser narrates its own mount and unmount (and warns when it finds the mount already gone,
+    // which is how every external unmount ends): only its errors, unless debugging.
+    let fuser_level = if level >= Level::DEBUG {
+        level
+    } else {
+        Level::ERROR
+    };
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target("fuser", fuser_level);
     // Fails only when a logger is already installed, which then keeps logging.
+    let writer = match file {
+        Some(f) => BoxMakeWriter::new(std::sync::Mutex::new(f)),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_max_level(level)
         .with_target(false)
+        .finish()
+        .with(filter)
         .try_init();
 }
 
@@ -192,11 +236,7 @@ fn spawn_daemon(req: &Request, parsed: &Parsed) -> Result<()> {
         }
         None => default_log(&image),
     };
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open log file {}", log_path.display()))?;
+    let log = open_log(&log_path)?;
     let exe = std::env::current_exe().context("cannot find the cowcrypt executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount").arg("--daemon-child");
@@ -237,7 +277,8 @@ fn run_daemon_child(req: &Request, parsed: &Parsed) -> Result<()> {
     nix::unistd::setsid().context("cannot start a new session")?;
     // Do not keep the parent's working directory (and its filesystem) busy.
     std::env::set_current_dir("/").context("cannot change to /")?;
-    init_logging();
+    init_logging(None);
+    abort_on_panic();
     tracing::info!(
         "cowcrypt {} daemon (pid {}) mounting {} on {}",
         env!("CARGO_PKG_VERSION"),

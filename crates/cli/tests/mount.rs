@@ -19,8 +19,7 @@ fn cowcrypt() -> Command {
 /// Whether this machine can mount; under CI=true it must.
 fn can_mount(also_needs: &[&str]) -> bool {
     let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         missing.push("root".to_owned());
     }
     if !Path::new("/dev/fuse").exists() {
@@ -320,6 +319,67 @@ fn posix_operations_persist_across_remounts() {
     fs::remove_file(d.join("a/third")).unwrap();
     assert_eq!(fs::metadata(d.join("hard")).unwrap().nlink(), 2);
 
+    // fallocate, SEEK_DATA/SEEK_HOLE, and an ioctl nobody implements (ENOTTY, as for TCGETS).
+    {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        use nix::unistd::{Whence, lseek};
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.join("sparse"))
+            .unwrap();
+        fallocate(&f, FallocateFlags::empty(), 0, 1 << 20).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+        fallocate(
+            &f,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            0,
+            64 << 10,
+        )
+        .unwrap();
+        assert_eq!(lseek(&f, 0, Whence::SeekHole).unwrap(), 0);
+        assert_eq!(lseek(&f, 0, Whence::SeekData).unwrap(), 64 << 10);
+        let collapse = fallocate(&f, FallocateFlags::FALLOC_FL_COLLAPSE_RANGE, 0, 4096);
+        assert_eq!(collapse, Err(nix::Error::EOPNOTSUPP));
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: TCGETS writes at most one termios into the buffer given, which is that size;
+        // the descriptor stays open for the call.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::TCGETS,
+                termios.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+        drop(f);
+        fs::remove_file(d.join("sparse")).unwrap();
+    }
+
+    // An open file outlives its last name (the kernel's lookup and the handle keep it).
+    {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.join("doomed"))
+            .unwrap();
+        f.write_all(b"still here").unwrap();
+        fs::remove_file(d.join("doomed")).unwrap();
+        assert_eq!(errno_of(fs::metadata(d.join("doomed"))), libc::ENOENT);
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut back = String::new();
+        f.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "still here");
+    }
+
     m.unmount_with(&["umount"]);
     fsck_clean(&s.image);
 
@@ -382,11 +442,12 @@ fn sigterm_commits_and_unmounts() {
     let s = scratch("64M");
     let log = s.image.with_extension("fg.log");
     let child = cowcrypt()
-        .args(["mount", "-f"])
+        .args(["mount", "-f", "-o"])
+        .arg(format!("log={}", log.display()))
         .arg(&s.image)
         .arg(&s.dir)
         .stdout(Stdio::null())
-        .stderr(File::create(&log).unwrap())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -403,8 +464,8 @@ fn sigterm_commits_and_unmounts() {
     let data = pattern(3 << 20, 7);
     // Written and closed, never fsync'd: only the signal's sync can make it durable.
     fs::write(s.dir.join("unsynced"), &data).unwrap();
-    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = m.child.take().unwrap().wait().unwrap();
     let log_text = fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -412,6 +473,10 @@ fn sigterm_commits_and_unmounts() {
         "daemon exited with {status}; log:\n{log_text}"
     );
     assert!(!is_mounted(&s.dir), "still mounted after SIGTERM");
+    assert!(
+        log_text.contains("SIGTERM"),
+        "the log does not tell:\n{log_text}"
+    );
     fsck_clean(&s.image);
 
     let m2 = mount(&s, &["ro"]);
@@ -578,4 +643,191 @@ fn bad_arguments_are_one_line_and_status_1() {
             "{sub:?}"
         );
     }
+}
+
+/// Runs `script` as uid/gid 65534 with supplementary group 1234; returns (status ok, stdout).
+fn as_nobody(script: &str) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--groups=1234",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn other_users_get_cowfs_permission_checks() {
+    if !can_mount(&["setpriv"]) {
+        return;
+    }
+    let s = scratch("64M");
+    let m = mount(&s, &["allow_other"]);
+    let d = &s.dir;
+    let dq = d.display();
+    fs::write(d.join("shared"), b"readable").unwrap();
+    fs::create_dir(d.join("private")).unwrap();
+    fs::create_dir(d.join("grp")).unwrap();
+    fs::create_dir(d.join("open")).unwrap();
+    sh(&format!(
+        "chmod 0700 {dq}/private && chown 0:1234 {dq}/grp && chmod 0770 {dq}/grp && chmod 0777 {dq}/open"
+    ));
+
+    let (ok_read, text) = as_nobody(&format!("cat {dq}/shared"));
+    assert!(ok_read && text.contains("readable"), "{text}");
+    let (ok_write, text) = as_nobody(&format!("echo x >> {dq}/shared"));
+    assert!(!ok_write && text.contains("Permission denied"), "{text}");
+    let (ok_ls, text) = as_nobody(&format!("ls {dq}/private"));
+    assert!(!ok_ls && text.contains("Permission denied"), "{text}");
+    // Only the supplementary group (read from /proc) grants this.
+    let (ok_grp, text) = as_nobody(&format!("touch {dq}/grp/mine"));
+    assert!(ok_grp, "{text}");
+    let meta = fs::metadata(d.join("grp/mine")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    // The caller's umask reaches cowfs (FUSE_DONT_MASK: the kernel leaves it to us).
+    let (ok_umask, text) = as_nobody(&format!(
+        "umask 077 && touch {dq}/open/f && mkdir {dq}/open/d"
+    ));
+    assert!(ok_umask, "{text}");
+    assert_eq!(
+        fs::metadata(d.join("open/f")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(d.join("open/d")).unwrap().mode() & 0o777,
+        0o700
+    );
+    // A write by another user to a setuid file is allowed and clears setuid (and setgid, with
+    // group-execute) at once: stat right after it must not show the old mode.
+    fs::write(d.join("suid"), b"#!/bin/sh\n").unwrap();
+    sh(&format!("chmod 6777 {dq}/suid"));
+    let (ok_suid, text) = as_nobody(&format!("echo 'echo hi' >> {dq}/suid"));
+    assert!(ok_suid, "{text}");
+    assert_eq!(fs::metadata(d.join("suid")).unwrap().mode() & 0o7777, 0o777);
+    // Not the owner: chmod of root's file is refused.
+    let (ok_chmod, text) = as_nobody(&format!("chmod 0666 {dq}/shared"));
+    assert!(!ok_chmod && text.contains("not permitted"), "{text}");
+    m.unmount_with(&["umount"]);
+}
+
+/// Physical byte ranges of every data extent, from `inspect --json`.
+fn data_extents(image: &Path) -> Vec<(u64, u64)> {
+    let out = ok(
+        cowcrypt()
+            .args(["inspect", "--json"])
+            .arg(image)
+            .output()
+            .unwrap(),
+        "inspect --json",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ranges = Vec::new();
+    for sv in v["subvolumes"].as_array().unwrap() {
+        for inode in sv["inodes"].as_array().unwrap() {
+            for e in inode["extents"].as_array().unwrap() {
+                if let (Some(p), Some(l)) = (e["physical"].as_u64(), e["extent_length"].as_u64()) {
+                    ranges.push((p, l));
+                }
+            }
+        }
+    }
+    ranges
+}
+
+#[test]
+fn damage_is_eio_through_the_mount_and_a_failed_fsck() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("64M");
+    let m = mount(&s, &[]);
+    fs::write(s.dir.join("victim"), pattern(64 << 10, 3)).unwrap();
+    m.unmount_with(&["umount"]);
+    let extents = data_extents(&s.image);
+    assert_eq!(extents.len(), 1, "{extents:?}");
+
+    // Damaged file data: reads fail with EIO rather than return wrong bytes.
+    let mut img = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&s.image)
+        .unwrap();
+    img.seek(SeekFrom::Start(extents[0].0 + 100)).unwrap();
+    img.write_all(b"garbage").unwrap();
+    img.sync_all().unwrap();
+    let m = mount(&s, &["ro"]);
+    assert_eq!(errno_of(fs::read(s.dir.join("victim"))), libc::EIO);
+    m.unmount_with(&["umount"]);
+
+    // Damaged metadata: every written block past the superblocks that is not file data.
+    let len = img.seek(SeekFrom::End(0)).unwrap();
+    let mut block = vec![0u8; 4096];
+    let mut damaged = 0;
+    for at in (1u64 << 20..len).step_by(4096) {
+        if extents.iter().any(|&(p, l)| at >= p && at < p + l) {
+            continue;
+        }
+        img.seek(SeekFrom::Start(at)).unwrap();
+        img.read_exact(&mut block).unwrap();
+        if block.iter().any(|&b| b != 0) {
+            block[2048] ^= 0x55;
+            img.seek(SeekFrom::Start(at)).unwrap();
+            img.write_all(&block).unwrap();
+            damaged += 1;
+        }
+    }
+    img.sync_all().unwrap();
+    assert!(damaged > 0);
+    let out = cowcrypt().arg("fsck").arg(&s.image).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "fsck passed a damaged image");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn concurrent_clients_are_served_in_parallel() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("256M");
+    let m = mount(&s, &["threads=4"]);
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let dir = s.dir.join(format!("w{t}"));
+            std::thread::spawn(move || {
+                fs::create_dir(&dir).unwrap();
+                for i in 0..40u64 {
+                    let data = pattern(((i % 7) as usize + 1) * 37_000, t * 1000 + i);
+                    let p = dir.join(format!("f{i}"));
+                    fs::write(&p, &data).unwrap();
+                    assert!(fs::read(&p).unwrap() == data, "worker {t} file {i} differs");
+                    if i % 3 == 0 {
+                        fs::rename(&p, dir.join(format!("r{i}"))).unwrap();
+                    }
+                    if i % 5 == 0 {
+                        assert!(fs::read_dir(&dir).unwrap().count() > 0);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    for t in 0..4 {
+        assert_eq!(
+            fs::read_dir(s.dir.join(format!("w{t}"))).unwrap().count(),
+            40
+        );
+    }
+    m.unmount_with(&["umount"]);
+    fsck_clean(&s.image);
 }

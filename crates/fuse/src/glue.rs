@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -38,9 +38,12 @@ const MAX_COPY: u32 = 0xffff_f000;
 /// Entries asked of cowfs per readdir batch; the kernel's reply buffer decides how many are sent.
 const DIR_BATCH: usize = 128;
 
-/// The fuser-facing filesystem: a shared handle on cowfs and nothing else.
+/// The fuser-facing filesystem: a shared handle on cowfs, and the channel back to the kernel
+/// for the one case where cowfs changes attributes the kernel cannot see in a reply.
 pub(crate) struct Adapter {
     fs: Arc<cowfs::Filesystem>,
+    /// Set once the session exists (the session is built from the adapter).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 /// A mounted, handshaken session that has not started serving yet.
@@ -58,7 +61,14 @@ impl Session {
         opts: &MountOptions,
     ) -> std::io::Result<Session> {
         let config = fuser_config(source, opts);
-        let inner = fuser::Session::new(Adapter { fs }, dir, &config)?;
+        let notifier = Arc::new(OnceLock::new());
+        let adapter = Adapter {
+            fs,
+            notifier: Arc::clone(&notifier),
+        };
+        let inner = fuser::Session::new(adapter, dir, &config)?;
+        // Nothing is served before run(): the adapter cannot need the notifier before this.
+        let _ = notifier.set(inner.notifier());
         Ok(Session { inner })
     }
 
@@ -256,6 +266,28 @@ impl Adapter {
         caller(req.uid(), req.gid(), req.pid(), umask)
     }
 
+    /// Whether a data change by `c` is about to make cowfs clear setuid/setgid on `ino` (cowfs
+    /// does so for any caller but root, as Linux does; FUSE_HANDLE_KILLPRIV leaves it to cowfs).
+    fn clears_privileges(&self, ino: INodeNo, c: &cowfs::Caller) -> bool {
+        c.uid != 0
+            && self
+                .fs
+                .getattr(ino.0)
+                .is_ok_and(|a| a.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0)
+    }
+
+    /// Drops the kernel's cached attributes of `ino`. A write's reply carries no attributes, so
+    /// without this the kernel would show (and exec would honour) a cleared setuid bit for up to
+    /// the attribute timeout. Attributes only (offset -1): no page lock is taken, so this is
+    /// safe from inside a request, before its reply.
+    fn attributes_changed(&self, ino: INodeNo) {
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(ino, -1, 0)
+        {
+            tracing::debug!("invalidating attributes of {}: {e}", ino.0);
+        }
+    }
+
     /// Readdirplus hands the kernel a lookup reference for every entry but "." and ".."; an entry
     /// cowfs returned that did not fit the reply never reached the kernel, so its reference is
     /// given back here or the inode could never be freed.
@@ -290,6 +322,13 @@ impl fuser::Filesystem for Adapter {
             (InitFlags::FUSE_ASYNC_DIO, "asynchronous direct I/O"),
             // cowfs applies the umask itself, and not under a default ACL (POSIX 1003.1e).
             (InitFlags::FUSE_DONT_MASK, "unmasked create modes"),
+            // cowfs clears setuid/setgid on write, truncate and chown. Without this the kernel
+            // does it first with a chmod as the writer, which cowfs rightly refuses to anyone
+            // but the owner: a permitted write to a setuid file would fail.
+            (
+                InitFlags::FUSE_HANDLE_KILLPRIV,
+                "setuid clearing by the filesystem",
+            ),
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::info!("kernel lacks {what}");
@@ -512,8 +551,15 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino.0, fh.0, offset, data, &Self::who(req)) {
-            Ok(n) => reply.written(n),
+        let c = Self::who(req);
+        let clears = self.clears_privileges(ino, &c);
+        match self.fs.write(ino.0, fh.0, offset, data, &c) {
+            Ok(n) => {
+                if clears {
+                    self.attributes_changed(ino);
+                }
+                reply.written(n)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -762,11 +808,13 @@ impl fuser::Filesystem for Adapter {
         let Some(mode) = falloc_mode(mode) else {
             return reply.error(Errno::EOPNOTSUPP);
         };
-        empty(
-            reply,
-            self.fs
-                .fallocate(ino.0, fh.0, offset, length, mode, &Self::who(req)),
-        );
+        let c = Self::who(req);
+        let clears = self.clears_privileges(ino, &c);
+        let r = self.fs.fallocate(ino.0, fh.0, offset, length, mode, &c);
+        if clears && r.is_ok() {
+            self.attributes_changed(ino);
+        }
+        empty(reply, r);
     }
 
     fn lseek(
@@ -809,17 +857,17 @@ impl fuser::Filesystem for Adapter {
         // The reply carries a 32-bit count: a longer request is answered short (callers loop),
         // in whole pages so the next round stays aligned.
         let len = len.min(u64::from(MAX_COPY));
+        let c = Self::who(req);
+        let clears = self.clears_privileges(ino_out, &c);
         match self.fs.copy_file_range(
-            ino_in.0,
-            fh_in.0,
-            offset_in,
-            ino_out.0,
-            fh_out.0,
-            offset_out,
-            len,
-            &Self::who(req),
+            ino_in.0, fh_in.0, offset_in, ino_out.0, fh_out.0, offset_out, len, &c,
         ) {
-            Ok(n) => reply.written(u32::try_from(n).unwrap_or(MAX_COPY)),
+            Ok(n) => {
+                if clears {
+                    self.attributes_changed(ino_out);
+                }
+                reply.written(u32::try_from(n).unwrap_or(MAX_COPY))
+            }
             // One ENOSYS and the kernel never sends copy_file_range again on this mount;
             // EOPNOTSUPP makes it fall back to copying through the page cache instead.
             Err(e) if e.errno() == libc::ENOSYS => reply.error(Errno::EOPNOTSUPP),

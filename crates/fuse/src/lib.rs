@@ -8,8 +8,9 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let fs = cowfs::Filesystem::open_image("disk.img".as_ref(), &Default::default())?;
-//! let mount = fusemount::mount(fs, "/mnt".as_ref(), "disk.img", &Default::default())?;
+//! let opts = fusemount::MountOptions::default();
+//! let fs = cowfs::Filesystem::open_image("disk.img".as_ref(), &fusemount::open_options(&opts))?;
+//! let mount = fusemount::mount(fs, "/mnt".as_ref(), "disk.img", &opts)?;
 //! let unmounter = mount.unmounter(); // give it to whatever should be able to stop the mount
 //! mount.serve()?;                    // until unmounted; the last commit's error comes back here
 //! # drop(unmounter); Ok(()) }
@@ -24,6 +25,17 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 pub use options::{MAX_THREADS, MountOptions, OptionError, PassFlag};
+
+/// How to open a filesystem that is to be mounted: what `opts` asks (read-only) plus what the
+/// kernel's protocol needs (cowfs counting the kernel's lookups, so that an unlinked inode the
+/// kernel still knows lives until it is forgotten).
+pub fn open_options(opts: &MountOptions) -> cowfs::OpenOptions {
+    cowfs::OpenOptions {
+        read_only: opts.read_only,
+        lookup_counts: true,
+        ..Default::default()
+    }
+}
 
 /// What can go wrong with a mount.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +64,8 @@ pub struct Mount {
     dir: PathBuf,
 }
 
-/// Mounts `fs` on `dir` (as root, with mount(2)). `source` is what /proc/mounts shows as the
-/// device unless the options name one. When this returns the kernel has accepted the mount:
+/// Mounts `fs` (opened with [`open_options`]) on `dir` (as root, with mount(2)). `source` is
+/// what /proc/mounts shows as the device unless the options name one. When this returns the kernel has accepted the mount:
 /// calls on `dir` wait for [`Mount::serve`].
 pub fn mount(
     fs: cowfs::Filesystem,
