@@ -9,7 +9,7 @@
 //! Operations: `pwrite`/`pread` at random offsets and lengths (unaligned, page-aligned, near the
 //! end of file, and large), `ftruncate` up and down, `fallocate` in all five modes (allocate,
 //! `KEEP_SIZE`, `PUNCH_HOLE`, `ZERO_RANGE`, `ZERO_RANGE|KEEP_SIZE`), `copy_file_range` between
-//! and within files, `SEEK_DATA`/`SEEK_HOLE` sanity checks, `fsync`/`fdatasync`, and
+//! and within files, reads and writes through shared `mmap` mappings (msync'ed), `SEEK_DATA`/`SEEK_HOLE` sanity checks, `fsync`/`fdatasync`, and
 //! close/reopen. Every `remount_every` operations all files are closed, the caller's remount hook
 //! runs (unmount and mount again, for example) and every file is compared in full.
 //!
@@ -49,6 +49,8 @@ pub struct OpSet {
     pub fsync: bool,
     /// Closing and reopening a file.
     pub reopen: bool,
+    /// Reads and writes through shared mmap(2) mappings.
+    pub mmap: bool,
 }
 
 impl Default for OpSet {
@@ -60,6 +62,7 @@ impl Default for OpSet {
             seek: true,
             fsync: true,
             reopen: true,
+            mmap: true,
         }
     }
 }
@@ -380,8 +383,10 @@ impl Fsx {
         let ops = &self.cfg.ops_enabled;
         let roll = self.rng.below(100);
         match roll {
-            0..=23 => self.op_read(target, f)?,
-            24..=49 => self.op_write(target, f)?,
+            0..=19 => self.op_read(target, f)?,
+            20..=41 => self.op_write(target, f)?,
+            42..=45 if ops.mmap => self.op_map_read(target, f)?,
+            46..=49 if ops.mmap => self.op_map_write(target, f)?,
             50..=57 if ops.truncate => self.op_truncate(target, f)?,
             58..=71 if !self.falloc_modes.is_empty() => self.op_fallocate(target, f)?,
             72..=81 if self.copy_enabled => self.op_copy(target, f)?,
@@ -530,6 +535,62 @@ impl Fsx {
             m.resize(end, 0);
         }
         m[offset as usize..end].copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn op_map_read(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {
+        let size = self.size_of(f);
+        if size == 0 {
+            return self.op_read(target, f);
+        }
+        self.count("mapread");
+        let offset = self.rng.below(size);
+        let len = self.pick_len().min(size - offset);
+        self.log(format!(
+            "f{f} MAPREAD  {offset:#x} len {len:#x} (size {size:#x})"
+        ));
+        let mut buf = vec![0u8; len as usize];
+        target
+            .map_read(f, offset, &mut buf)
+            .map_err(|e| self.fail(format!("mmap read of file {f} at {offset:#x}: {e}")))?;
+        self.report.bytes_read += len;
+        let expected = &self.model[f][offset as usize..(offset + len) as usize];
+        if let Some(i) = expected.iter().zip(&buf).position(|(a, b)| a != b) {
+            return Err(self.fail(format!(
+                "mapread: file {f} data mismatch at {:#x}\n  expected: {}\n  got:      {}",
+                offset + i as u64,
+                hex_window(expected, i),
+                hex_window(&buf, i)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Like classic fsx: a mapped write past the end first extends the file with ftruncate.
+    fn op_map_write(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {
+        self.count("mapwrite");
+        let offset = self.pick_offset(f);
+        let len = self.pick_len();
+        let (offset, len) = self.clamp_range(offset, len);
+        let size = self.size_of(f);
+        let end = offset + len;
+        self.log(format!(
+            "f{f} MAPWRITE {offset:#x} len {len:#x} (size {size:#x} -> {:#x})",
+            size.max(end)
+        ));
+        if end > size {
+            target
+                .truncate(f, end)
+                .map_err(|e| self.fail(format!("ftruncate before mapwrite to {end:#x}: {e}")))?;
+            self.model[f].resize(end as usize, 0);
+        }
+        let mut data = vec![0u8; len as usize];
+        self.rng.fill_nonzero(&mut data);
+        target
+            .map_write(f, offset, &data)
+            .map_err(|e| self.fail(format!("mmap write of file {f} at {offset:#x}: {e}")))?;
+        self.report.bytes_written += len;
+        self.model[f][offset as usize..end as usize].copy_from_slice(&data);
         Ok(())
     }
 

@@ -186,4 +186,24 @@ impl Target for MemTarget {
     fn fsync(&mut self, file: usize, _datasync: bool) -> io::Result<()> {
         self.get(file).map(|_| ())
     }
+
+    fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let f = self.get(file)?;
+        let (s, e) = span(offset, buf.len() as u64, f.len());
+        if e - s != buf.len() {
+            return Err(err(libc::EINVAL));
+        }
+        buf.copy_from_slice(&f[s..e]);
+        Ok(())
+    }
+
+    fn map_write(&mut self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        let f = self.get(file)?;
+        let (s, e) = span(offset, data.len() as u64, f.len());
+        if e - s != data.len() {
+            return Err(err(libc::EINVAL));
+        }
+        f[s..e].copy_from_slice(data);
+        Ok(())
+    }
 }

@@ -100,6 +100,90 @@ pub trait Target {
     fn seek(&mut self, file: usize, offset: u64, whence: Whence) -> io::Result<u64>;
     /// fsync(2), or fdatasync(2) when `datasync`.
     fn fsync(&mut self, file: usize, datasync: bool) -> io::Result<()>;
+    /// Reads `buf.len()` bytes at `offset` through a shared mmap(2) of the file; the range
+    /// lies inside the file.
+    fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` at `offset` through a shared mmap(2) and msync(2)s it; the range lies
+    /// inside the file.
+    fn map_write(&mut self, file: usize, offset: u64, data: &[u8]) -> io::Result<()>;
+}
+
+/// A shared mapping of `[offset rounded down to a page, offset + len)` of `fd`, unmapped on drop.
+struct Mapping {
+    base: *mut libc::c_void,
+    map_len: usize,
+    /// Where the requested offset lies inside the mapping.
+    skew: usize,
+}
+
+impl Mapping {
+    fn new(fd: i32, offset: u64, len: usize, writable: bool) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let page = 4096u64;
+        let start = offset / page * page;
+        let skew = (offset - start) as usize;
+        let map_len = skew + len;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let start = to_off(start)?;
+        // SAFETY: a fresh mapping placed by the kernel (null hint) of an open descriptor; no
+        // existing memory is affected. The result is checked against MAP_FAILED below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                start,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            base,
+            map_len,
+            skew,
+        })
+    }
+
+    fn bytes(&self, len: usize) -> &[u8] {
+        // SAFETY: the mapping is `map_len` bytes long, readable, and lives as long as `self`;
+        // the caller keeps the mapped file range inside the file, so touching it cannot fault.
+        let all = unsafe { std::slice::from_raw_parts(self.base as *const u8, self.map_len) };
+        &all[self.skew..self.skew + len]
+    }
+
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the mapping was made writable by `map_write`, and `&mut self`
+        // makes this the only live view of it.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.map_len) };
+        &mut all[self.skew..self.skew + len]
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        // SAFETY: `base` and `map_len` describe a live mapping owned by `self`.
+        if unsafe { libc::msync(self.base, self.map_len, libc::MS_SYNC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `map_len` describe the mapping made in `new`, not unmapped since;
+        // no slice into it outlives `self`.
+        unsafe {
+            libc::munmap(self.base, self.map_len);
+        }
+    }
 }
 
 fn to_off(v: u64) -> io::Result<libc::off_t> {
@@ -249,5 +333,19 @@ impl Target for DirTarget {
         } else {
             f.sync_all()
         }
+    }
+
+    fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let fd = self.file(file)?.as_raw_fd();
+        let m = Mapping::new(fd, offset, buf.len(), false)?;
+        buf.copy_from_slice(m.bytes(buf.len()));
+        Ok(())
+    }
+
+    fn map_write(&mut self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        let fd = self.file(file)?.as_raw_fd();
+        let mut m = Mapping::new(fd, offset, data.len(), true)?;
+        m.bytes_mut(data.len()).copy_from_slice(data);
+        m.sync()
     }
 }

@@ -51,6 +51,8 @@ fn memory_target_passes_many_seeds_with_remounts() {
             "FALLOC",
             "FALLOC_KEEP_SIZE",
             "reopen",
+            "mapread",
+            "mapwrite",
         ] {
             assert!(
                 report.counts.get(name).copied().unwrap_or(0) > 0,
@@ -90,6 +92,8 @@ enum Fault {
     CopyOffByOne,
     /// A read ending past EOF returns one stale byte beyond EOF.
     ReadPastEof,
+    /// Writes through a mapping never reach the file.
+    MapWriteLost,
 }
 
 struct Faulty {
@@ -202,6 +206,15 @@ impl Target for Faulty {
     }
     fn fsync(&mut self, file: usize, datasync: bool) -> io::Result<()> {
         self.inner.fsync(file, datasync)
+    }
+    fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.map_read(file, offset, buf)
+    }
+    fn map_write(&mut self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.fault == Fault::MapWriteLost {
+            return Ok(());
+        }
+        self.inner.map_write(file, offset, data)
     }
 }
 
@@ -349,4 +362,11 @@ fn dir_target_corrupted_from_outside_is_caught() {
     assert_eq!(f.op, 600, "{f}");
     assert!(f.message.contains("after remount"), "{f}");
     assert!(f.message.contains("file 1 data mismatch"), "{f}");
+}
+
+#[test]
+fn lost_mmap_write_is_caught() {
+    let f = run_faulty(Fault::MapWriteLost, 0);
+    assert!(f.message.contains("mismatch"), "{f}");
+    assert!(f.history.iter().any(|h| h.contains("MAPWRITE")), "{f}");
 }

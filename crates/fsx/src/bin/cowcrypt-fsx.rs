@@ -66,6 +66,9 @@ struct Args {
     /// No SEEK_DATA/SEEK_HOLE checks.
     #[arg(long)]
     no_seek: bool,
+    /// No reads and writes through mmap.
+    #[arg(long)]
+    no_mmap: bool,
     /// Progress line every N operations (0: none).
     #[arg(long, default_value_t = 0)]
     progress: u64,
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
             fallocate,
             copy_file_range: !a.no_copy_range,
             seek: !a.no_seek,
+            mmap: !a.no_mmap,
             ..OpSet::default()
         },
         strict: a.strict,
