@@ -133,3 +133,62 @@ fn known_bug_seek_data_enxio() {
          set KNOWN_BUG_SEEK_DATA_ENXIO to match (false re-enables seeks in the fsx run)"
     );
 }
+
+/// Known cowcrypt bug: a write that runs out of space (ENOSPC) makes cowfs refuse every later
+/// change, so the file that filled the disk cannot even be deleted (EROFS), and the final
+/// commit at unmount fails: everything written since the last commit is lost. When fixed,
+/// `known_bug_enospc` fails and this flag goes to false (the test then checks the fixed
+/// behaviour: ENOSPC, then unlink works, space comes back, fsck is clean).
+const KNOWN_BUG_ENOSPC_POISONS: bool = true;
+
+#[test]
+fn known_bug_enospc() {
+    use std::io::Write;
+    if !mount_tests_can_run("known_bug_enospc") {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
+    if !binary_can_mount(bin, "known_bug_enospc") {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("cowcrypt-enospc.")
+        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
+        .expect("scratch dir");
+    let image = tmp.path().join("small.img");
+    let dir = tmp.path().join("mnt");
+    CowcryptMount::mkfs(bin, &image, "128M").expect("mkfs");
+    let mut mount =
+        CowcryptMount::mount(bin, &image, &dir, &tmp.path().join("daemon.log")).expect("mount");
+    let fill = dir.join("fill");
+    let mut f = std::fs::File::create(&fill).expect("create");
+    let chunk = vec![0x6bu8; 1 << 20];
+    let mut written = 0u64;
+    let err = loop {
+        match f.write_all(&chunk) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 1024, "a 128 MiB filesystem took 1 GiB");
+    };
+    drop(f);
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOSPC),
+        "after {written} MiB: {err}"
+    );
+    let unlinked = std::fs::remove_file(&fill);
+    let create_after = std::fs::write(dir.join("after"), b"still writable");
+    let unmounted = mount.unmount();
+    let bug_present = matches!(&unlinked, Err(e) if e.raw_os_error() == Some(libc::EROFS));
+    if !bug_present {
+        unlinked.expect("unlink after ENOSPC");
+        create_after.expect("create after freeing space");
+        unmounted.expect("unmount");
+        CowcryptMount::fsck(bin, &image).expect("fsck after ENOSPC");
+    }
+    assert_eq!(
+        bug_present, KNOWN_BUG_ENOSPC_POISONS,
+        "unlink after ENOSPC: bug present = {bug_present}; set KNOWN_BUG_ENOSPC_POISONS to match"
+    );
+}
