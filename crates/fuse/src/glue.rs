@@ -512,6 +512,9 @@ impl fuser::Filesystem for Adapter {
         );
     }
 
+    // No FOPEN_KEEP_CACHE: each open drops the file's cached pages, so once an encryption key
+    // is removed a closed file's plaintext does not outlive it in the page cache (fscrypt's
+    // rule); a re-read costs a trip to the daemon.
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self
             .fs
