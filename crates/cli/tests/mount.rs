@@ -831,3 +831,41 @@ fn concurrent_clients_are_served_in_parallel() {
     m.unmount_with(&["umount"]);
     fsck_clean(&s.image);
 }
+
+#[test]
+fn a_big_directory_lists_every_entry_once() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("128M");
+    let m = mount(&s, &[]);
+    let dir = s.dir.join("big");
+    fs::create_dir(&dir).unwrap();
+    let long = "n".repeat(120);
+    let mut expected: Vec<String> = (0..2500).map(|i| format!("{long}{i:05}")).collect();
+    for name in &expected {
+        File::create(dir.join(name)).unwrap();
+    }
+    // Readdir(plus) in many replies: every name once, in whatever order.
+    let mut listed: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    expected.sort();
+    assert!(
+        listed == expected,
+        "{} listed, {} made",
+        listed.len(),
+        expected.len()
+    );
+    // ls -l stats every entry (readdirplus attributes, then lookups).
+    let ls = sh(&format!("ls -l {} | wc -l", dir.display()));
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).trim(), "2501");
+    for name in expected.iter().step_by(2) {
+        fs::remove_file(dir.join(name)).unwrap();
+    }
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1250);
+    m.unmount_with(&["umount"]);
+    fsck_clean(&s.image);
+}
