@@ -48,14 +48,22 @@ fn can_mount(also_needs: &[&str]) -> bool {
     false
 }
 
-fn is_mounted(dir: &Path) -> bool {
+/// The filesystem type mounted on `dir` (the topmost mount), if any.
+fn mount_type(dir: &Path) -> Option<String> {
     let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|mp| Path::new(mp) == dir.as_path())
-    })
+    info.lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| Path::new(mp) == dir.as_path())
+        })
+        .filter_map(|l| l.split(" - ").nth(1)?.split(' ').next().map(str::to_owned))
+        .next_back()
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    mount_type(dir).is_some()
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -185,8 +193,9 @@ fn mount(s: &Scratch, opts: &[&str]) -> Mounted {
         child: None,
     };
     ok(out, "mount");
-    assert!(
-        is_mounted(&s.dir),
+    assert_eq!(
+        mount_type(&s.dir).as_deref(),
+        Some("fuse.cowcrypt"),
         "mount returned before the mount was live"
     );
     guard

@@ -82,7 +82,9 @@ impl Session {
 fn fuser_config(source: &str, opts: &MountOptions) -> Config {
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| source.to_owned())),
-        MountOption::Subtype("cowcrypt".to_owned()),
+        // As a kernel option (fuser's Subtype reaches only fusermount3): /proc/mounts then
+        // names the type fuse.cowcrypt.
+        MountOption::CUSTOM("subtype=cowcrypt".to_owned()),
         if opts.read_only {
             MountOption::RO
         } else {
