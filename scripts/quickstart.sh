@@ -21,4 +21,21 @@ if head -c 8 /dev/urandom | "$bin" key identifier; then
     echo "unexpected success" >&2
     exit 1
 fi
+echo "== a filesystem: mkfs, mount (FUSE, as root), use it, unmount, fsck"
+if [ "$(id -u)" -ne 0 ] || [ ! -e /dev/fuse ]; then
+    echo "(skipped: mounting needs root and /dev/fuse)"
+else
+    "$bin" mkfs --size 256M --label quickstart "$work/disk.img"
+    mkdir "$work/mnt"
+    "$bin" mount "$work/disk.img" "$work/mnt"
+    trap 'umount "$work/mnt" 2>/dev/null; rm -rf "$work"' EXIT
+    mkdir -p "$work/mnt/docs"
+    echo "hello from cowcrypt" > "$work/mnt/docs/hello.txt"
+    ln -s docs/hello.txt "$work/mnt/hello"
+    cp --reflink=auto "$work/container.key" "$work/mnt/docs/key.copy"
+    ls -lR "$work/mnt"
+    umount "$work/mnt"
+    "$bin" fsck "$work/disk.img"
+    "$bin" inspect "$work/disk.img" | head -20
+fi
 echo "quickstart: done"

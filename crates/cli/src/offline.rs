@@ -88,7 +88,7 @@ pub fn fsck(image: &Path) -> Result<()> {
         .check()
         .with_context(|| format!("checking {}", image.display()))?;
     progress.finish();
-    print!("{report}");
+    print_out(&report.to_string())?;
     if !report.is_clean() {
         bail!(
             "{}: {} fault(s) found",
@@ -108,11 +108,22 @@ pub fn inspect(image: &Path, json: bool) -> Result<()> {
         .inspect()
         .with_context(|| format!("inspecting {}", image.display()))?;
     progress.finish();
-    if json {
-        let text = serde_json::to_string_pretty(&inspection).context("cannot encode JSON")?;
-        println!("{text}");
+    let text = if json {
+        let mut t = serde_json::to_string_pretty(&inspection).context("cannot encode JSON")?;
+        t.push('\n');
+        t
     } else {
-        print!("{inspection}");
+        inspection.to_string()
+    };
+    print_out(&text)
+}
+
+/// Writes a report to stdout. A reader that stops early (`| head`) is not an error.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write to stdout"),
     }
-    Ok(())
 }

@@ -82,7 +82,9 @@ impl Session {
 fn fuser_config(source: &str, opts: &MountOptions) -> Config {
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| source.to_owned())),
-        MountOption::Subtype("cowcrypt".to_owned()),
+        // As a kernel option (fuser's Subtype reaches only fusermount3): /proc/mounts then
+        // names the type fuse.cowcrypt.
+        MountOption::CUSTOM("subtype=cowcrypt".to_owned()),
         if opts.read_only {
             MountOption::RO
         } else {
@@ -512,6 +514,9 @@ impl fuser::Filesystem for Adapter {
         );
     }
 
+    // No FOPEN_KEEP_CACHE: each open drops the file's cached pages, so once an encryption key
+    // is removed a closed file's plaintext does not outlive it in the page cache (fscrypt's
+    // rule); a re-read costs a trip to the daemon.
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self
             .fs

@@ -48,6 +48,7 @@ pub const MAX_THREADS: usize = 64;
 
 /// A kernel mount flag with no effect on the adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PassFlag {
     Dev,
     NoDev,
