@@ -5,6 +5,7 @@
 #               [--out FILE]
 #
 # Each filesystem gets, in this order:
+#   seq-write-nosync  fio, 1 MiB writes of a --size file, no fsync (then deleted)
 #   seq-write   fio, 1 MiB writes of a --size file, fsync at the end
 #   seq-read    fio, 1 MiB reads of that file after dropping every cache (cold)
 #   rand-read   fio, 4 KiB random reads of that file for --runtime seconds (cold start)
@@ -113,7 +114,12 @@ PY
 declare -A R=()
 bench_fs() {
     local fs=$1 dir=$WORK/$1.mnt t0 t1
-    log "$fs: sequential write ($SIZE)"
+    log "$fs: sequential write ($SIZE), no fsync"
+    run_fio "$fs-seq-write-nosync" "$dir/seq0" --rw=write --bs=1M --size="$SIZE"
+    R[$fs,seq-write-nosync]=$(fio_value "$fs-seq-write-nosync" write bw)
+    rm -f "$dir/seq0"
+    drop_caches
+    log "$fs: sequential write ($SIZE), fsync at the end"
     run_fio "$fs-seq-write" "$dir/seq" --rw=write --bs=1M --size="$SIZE" --end_fsync=1
     R[$fs,seq-write]=$(fio_value "$fs-seq-write" write bw)
     drop_caches
@@ -155,8 +161,8 @@ for fs in "${FSES[@]}"; do
 done
 
 # The table: values per filesystem, then the ratios where both sides ran.
-TESTS=(seq-write seq-read rand-read rand-write create)
-declare -A UNIT=([seq-write]="MiB/s" [seq-read]="MiB/s" [rand-read]="IOPS" [rand-write]="IOPS" [create]="files/s")
+TESTS=(seq-write-nosync seq-write seq-read rand-read rand-write create)
+declare -A UNIT=([seq-write-nosync]="MiB/s" [seq-write]="MiB/s" [seq-read]="MiB/s" [rand-read]="IOPS" [rand-write]="IOPS" [create]="files/s")
 declare -A GOAL=([seq-write]=1.5 [seq-read]=1.5 [create]=1.0)
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 has() { [[ ",$FSLIST," == *",$1,"* ]]; }
