@@ -269,7 +269,7 @@ impl Adapter {
     }
 
     /// Whether a data change by `c` is about to make cowfs clear setuid/setgid on `ino` (cowfs
-    /// does so for any caller but root, as Linux does; FUSE_HANDLE_KILLPRIV leaves it to cowfs).
+    /// does so for any caller but root, as Linux does; FUSE_HANDLE_KILLPRIV_V2 leaves it to cowfs).
     fn clears_privileges(&self, ino: INodeNo, c: &cowfs::Caller) -> bool {
         c.uid != 0
             && self
@@ -326,9 +326,11 @@ impl fuser::Filesystem for Adapter {
             (InitFlags::FUSE_DONT_MASK, "unmasked create modes"),
             // cowfs clears setuid/setgid on write, truncate and chown. Without this the kernel
             // does it first with a chmod as the writer, which cowfs rightly refuses to anyone
-            // but the owner: a permitted write to a setuid file would fail.
+            // but the owner: a permitted write to a setuid file would fail. Version 2 also lets
+            // the kernel mark inodes without privileges (S_NOSEC) instead of asking for
+            // security.capability before every write(2).
             (
-                InitFlags::FUSE_HANDLE_KILLPRIV,
+                InitFlags::FUSE_HANDLE_KILLPRIV_V2,
                 "setuid clearing by the filesystem",
             ),
         ] {
