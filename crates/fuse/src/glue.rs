@@ -4,7 +4,8 @@
 //! Every method has the same flat shape: build the caller, convert the arguments, make one cowfs
 //! call, answer once. No filesystem decision is taken here; where FUSE's wire protocol asks for
 //! something cowfs has no word for (xattr size probes, the directory reply buffer, lseek's
-//! whence numbers, the copy_file_range ENOSYS trap), the translation is done here and says why.
+//! whence numbers, the copy_file_range ENOSYS trap, the kernel's cached attributes after cowfs
+//! clears setuid on a write), the translation is done here and says why.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -24,9 +25,10 @@ use crate::caller::caller;
 use crate::options::{MountOptions, PassFlag};
 
 /// How long the kernel may trust an entry or attributes without asking again. Every change goes
-/// through this mount, and each reply that changes attributes (link, setattr, write) refreshes
-/// the kernel's copy, so a short timeout costs little and bounds staleness with hard links (one
-/// inode seen under several names) to one second.
+/// through this mount: replies that change attributes (link, setattr, create) refresh the
+/// kernel's copy, the kernel updates size and times itself on writes and drops nlink on unlink,
+/// so a short timeout costs little and bounds any staleness with hard links (one inode under
+/// several names) to one second.
 const TTL: Duration = Duration::from_secs(1);
 
 /// Largest write (and readahead) asked of the kernel: its default page limit per request.
