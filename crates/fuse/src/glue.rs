@@ -340,6 +340,13 @@ impl fuser::Filesystem for Adapter {
                 tracing::info!("kernel lacks {what}");
             }
         }
+        // Kernels before 5.11 know only the first version, which still spares the chmod.
+        if !config
+            .capabilities()
+            .contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+        {
+            let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV);
+        }
         Ok(())
     }
 
