@@ -879,3 +879,54 @@ fn a_big_directory_lists_every_entry_once() {
     m.unmount_with(&["umount"]);
     fsck_clean(&s.image);
 }
+
+#[test]
+fn a_killed_daemon_leaves_the_last_commit() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let s = scratch("64M");
+    let child = cowcrypt()
+        .args(["mount", "-f"])
+        .arg(&s.image)
+        .arg(&s.dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut m = Mounted {
+        dir: s.dir.clone(),
+        image: s.image.clone(),
+        child: Some(child),
+    };
+    wait_until(
+        "the foreground mount is live",
+        Duration::from_secs(30),
+        || is_mounted(&s.dir),
+    );
+    let kept = pattern(300_000, 11);
+    {
+        let mut f = File::create(s.dir.join("kept")).unwrap();
+        f.write_all(&kept).unwrap();
+        f.sync_all().unwrap();
+    }
+    fs::write(s.dir.join("maybe"), b"not synced").unwrap();
+    let mut child = m.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The dead mount answers ENOTCONN until it is unmounted; its lock died with the daemon.
+    assert_eq!(errno_of(fs::metadata(s.dir.join("kept"))), libc::ENOTCONN);
+    ok(
+        Command::new("umount").arg(&s.dir).output().unwrap(),
+        "umount of a dead mount",
+    );
+    wait_released(&s.image);
+    fsck_clean(&s.image);
+    let m2 = mount(&s, &[]);
+    assert!(
+        fs::read(s.dir.join("kept")).unwrap() == kept,
+        "fsync'd data lost"
+    );
+    m2.unmount_with(&["umount"]);
+    drop(m);
+}

@@ -4,7 +4,8 @@
 //! Every method has the same flat shape: build the caller, convert the arguments, make one cowfs
 //! call, answer once. No filesystem decision is taken here; where FUSE's wire protocol asks for
 //! something cowfs has no word for (xattr size probes, the directory reply buffer, lseek's
-//! whence numbers, the copy_file_range ENOSYS trap), the translation is done here and says why.
+//! whence numbers, the copy_file_range ENOSYS trap, the kernel's cached attributes after cowfs
+//! clears setuid on a write), the translation is done here and says why.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -24,9 +25,10 @@ use crate::caller::caller;
 use crate::options::{MountOptions, PassFlag};
 
 /// How long the kernel may trust an entry or attributes without asking again. Every change goes
-/// through this mount, and each reply that changes attributes (link, setattr, write) refreshes
-/// the kernel's copy, so a short timeout costs little and bounds staleness with hard links (one
-/// inode seen under several names) to one second.
+/// through this mount: replies that change attributes (link, setattr, create) refresh the
+/// kernel's copy, the kernel updates size and times itself on writes and drops nlink on unlink,
+/// so a short timeout costs little and bounds any staleness with hard links (one inode under
+/// several names) to one second.
 const TTL: Duration = Duration::from_secs(1);
 
 /// Largest write (and readahead) asked of the kernel: its default page limit per request.
@@ -269,7 +271,7 @@ impl Adapter {
     }
 
     /// Whether a data change by `c` is about to make cowfs clear setuid/setgid on `ino` (cowfs
-    /// does so for any caller but root, as Linux does; FUSE_HANDLE_KILLPRIV leaves it to cowfs).
+    /// does so for any caller but root, as Linux does; FUSE_HANDLE_KILLPRIV_V2 leaves it to cowfs).
     fn clears_privileges(&self, ino: INodeNo, c: &cowfs::Caller) -> bool {
         c.uid != 0
             && self
@@ -326,15 +328,24 @@ impl fuser::Filesystem for Adapter {
             (InitFlags::FUSE_DONT_MASK, "unmasked create modes"),
             // cowfs clears setuid/setgid on write, truncate and chown. Without this the kernel
             // does it first with a chmod as the writer, which cowfs rightly refuses to anyone
-            // but the owner: a permitted write to a setuid file would fail.
+            // but the owner: a permitted write to a setuid file would fail. Version 2 also lets
+            // the kernel mark inodes without privileges (S_NOSEC) instead of asking for
+            // security.capability before every write(2).
             (
-                InitFlags::FUSE_HANDLE_KILLPRIV,
+                InitFlags::FUSE_HANDLE_KILLPRIV_V2,
                 "setuid clearing by the filesystem",
             ),
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::info!("kernel lacks {what}");
             }
+        }
+        // Kernels before 5.11 know only the first version, which still spares the chmod.
+        if !config
+            .capabilities()
+            .contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+        {
+            let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV);
         }
         Ok(())
     }

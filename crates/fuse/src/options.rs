@@ -35,12 +35,10 @@ impl Default for MountOptions {
     }
 }
 
-/// Four workers keep a slow request (a commit, a large read) from stalling every other caller,
-/// without more threads than a small machine can use.
+/// Four workers keep one slow request (a commit, a large read, an fsync) from stalling every
+/// other caller; workers mostly wait on I/O, so this does not depend on the number of cores.
 fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get().clamp(2, 4))
-        .unwrap_or(2)
+    4
 }
 
 /// Largest `threads=` accepted: each worker owns a 16 MiB request buffer.
