@@ -474,28 +474,26 @@ impl Drop for Filesystem {
 
 /// Commits a dirty transaction every `every` until told to stop.
 fn commit_loop(shared: &Shared, every: Duration) {
-    let mut stop = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        let (guard, _) = shared
+        let stop = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock before waiting, so a stop sent before this thread first
+        // waits is not lost.
+        let (stop, _) = shared
             .wake
-            .wait_timeout(stop, every)
+            .wait_timeout_while(stop, every, |stop| !*stop)
             .unwrap_or_else(|p| p.into_inner());
-        stop = guard;
         if *stop {
             return;
         }
         drop(stop);
+        let mut s = shared.lock();
+        let dirty = s.changes != s.committed_changes || s.dirty_bytes > 0;
+        if dirty
+            && s.failed.is_none()
+            && let Err(e) = s.commit()
         {
-            let mut s = shared.lock();
-            let dirty = s.changes != s.committed_changes || s.dirty_bytes > 0;
-            if dirty
-                && s.failed.is_none()
-                && let Err(e) = s.commit()
-            {
-                eprintln!("cowfs: periodic commit: {e}");
-            }
+            eprintln!("cowfs: periodic commit: {e}");
         }
-        stop = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
     }
 }
 
