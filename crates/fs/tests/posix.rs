@@ -873,3 +873,47 @@ fn image_files_and_read_only_opens() {
     assert_eq!(errno(fs.access(f, libc::W_OK, &root())), libc::EROFS);
     assert_clean(&fs);
 }
+
+#[test]
+fn check_lists_every_fault() {
+    use cowfs::items::{InodeItem, name_hash, ty};
+    use store::{Key, Store};
+    let (dev, fs) = new_fs();
+    let c = root();
+    let f = put(&fs, ROOT_INO, b"f", b"x", &c);
+    let g = put(&fs, ROOT_INO, b"g", &pattern(9000, 1), &c);
+    fs.unmount().unwrap();
+    // Damage two things behind the filesystem's back: a name without its index, and a wrong
+    // link count.
+    let store = Store::open(dev.clone()).unwrap();
+    let mut t = store.begin().unwrap();
+    let dir_item = Key::new(1, ty::DIR_ITEM, name_hash(b"f"));
+    assert!(t.get(256, &dir_item).unwrap().is_some());
+    let idx: Vec<Key> = t
+        .range(
+            256,
+            Key::new(1, ty::DIR_INDEX, 0)..=Key::new(1, ty::DIR_INDEX, u64::MAX),
+        )
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
+    assert_eq!(idx.len(), 2);
+    t.delete(256, &idx[0]).unwrap();
+    let key = Key::new(g, ty::INODE, 0);
+    let mut it = InodeItem::decode(&key, &t.get(256, &key).unwrap().unwrap()).unwrap();
+    it.nlink = 5;
+    t.insert(256, key, &it.encode()).unwrap();
+    t.commit().unwrap();
+    drop(store);
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    let r = fs.check().unwrap();
+    assert!(!r.is_clean());
+    let text = r.to_string();
+    assert!(text.contains("has no matching index"), "{text}");
+    assert!(
+        text.contains(&format!("inode {g}: link count 5, expected 1")),
+        "{text}"
+    );
+    assert!(r.faults.len() >= 3, "{text}");
+    let _ = f;
+}
