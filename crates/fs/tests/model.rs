@@ -84,11 +84,12 @@ fn apply(fs: &Filesystem, m: &mut Model, op: &Op) -> (Result<(), i32>, Result<()
             (want, res(got))
         }
         Op::Mkdir(a) => {
-            let want = if m.names.contains_key(&name(a)) {
-                Err(libc::EEXIST)
-            } else {
-                m.names.insert(name(a), Entry::Dir);
-                Ok(())
+            let want = match m.names.entry(name(a)) {
+                std::collections::btree_map::Entry::Occupied(_) => Err(libc::EEXIST),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(Entry::Dir);
+                    Ok(())
+                }
             };
             (want, res(fs.mkdir(ROOT_INO, &name(a), 0o755, &c)))
         }
