@@ -357,7 +357,9 @@ impl State {
             }
         }
         let mut it = self.inode(obj)?;
-        for (first, run) in runs {
+        // Largest runs first; a run whose extent does not fit a free range is split in two.
+        runs.reverse();
+        while let Some((first, run)) = runs.pop() {
             let start = first * BLOCK;
             let len = run.len() as u64 * BLOCK;
             let o = DataRefOwner {
@@ -365,8 +367,18 @@ impl State {
                 inode: obj,
                 offset: start,
             };
+            let bytenr = match self.txn()?.alloc_data_extent(len, o) {
+                Ok(b) => b,
+                Err(store::Error::NoSpace { .. }) if run.len() > 1 => {
+                    let mut left = run;
+                    let right = left.split_off(left.len() / 2);
+                    runs.push((first + left.len() as u64, right));
+                    runs.push((first, left));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             self.changes += 1;
-            let bytenr = self.txn()?.alloc_data_extent(len, o)?;
             let buf: Vec<u8> = run.concat();
             self.write_extent(bytenr, &buf)?;
             let removed = self.unmap(obj, start, start + len)?;

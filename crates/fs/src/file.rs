@@ -139,6 +139,10 @@ impl State {
         if it.kind == FileKind::Dir && flags.writable() {
             return Err(Error::IsDir);
         }
+        if it.kind == FileKind::Symlink {
+            // open(O_NOFOLLOW) of a symlink; following links is the caller's (the VFS's) job.
+            return Err(Error::Loop);
+        }
         let mut want = 0;
         if flags.readable() {
             want |= MAY_READ;
@@ -393,7 +397,11 @@ impl State {
             });
         }
         if cookie < 2 && out.len() < max {
-            let parent = self.parent_of(obj)?;
+            // A removed directory still open has no parent left: ".." shows itself.
+            let parent = match self.parent_of(obj) {
+                Err(Error::NotFound) => obj,
+                p => p?,
+            };
             out.push(DirEntry {
                 ino: parent,
                 kind: FileKind::Dir,

@@ -186,7 +186,12 @@ impl Filesystem {
         let before = s.changes;
         let r = f(&mut s);
         match &r {
-            Err(e) if s.changes != before && s.failed.is_none() => {
+            // Changes all committed (a commit to make room) leave nothing half done.
+            Err(e)
+                if s.changes != before
+                    && s.changes != s.committed_changes
+                    && s.failed.is_none() =>
+            {
                 s.failed = Some(format!("operation failed part way: {e}"));
                 eprintln!("cowfs: {e}; no further changes are accepted, remount to recover");
             }

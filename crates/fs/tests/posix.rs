@@ -917,3 +917,86 @@ fn check_lists_every_fault() {
     assert!(r.faults.len() >= 3, "{text}");
     let _ = f;
 }
+
+#[test]
+fn kernel_lookups_keep_unlinked_inodes_until_forgotten() {
+    let dev = new_dev(32 * MIB);
+    let o = cowfs::OpenOptions {
+        lookup_counts: true,
+        ..opts()
+    };
+    let fs = Filesystem::open_device(dev, &o).unwrap();
+    let c = root();
+    let f = put(&fs, ROOT_INO, b"f", b"kept", &c); // create: one lookup
+    fs.lookup(ROOT_INO, b"f", &c).unwrap(); // two
+    fs.unlink(ROOT_INO, b"f", &c).unwrap();
+    assert_eq!(fs.getattr(f).unwrap().nlink, 0);
+    fs.forget(f, 1);
+    assert_eq!(content(&fs, f), b"kept");
+    fs.forget(f, 1);
+    assert_eq!(errno(fs.getattr(f)), libc::ENOENT);
+    assert_clean(&fs);
+}
+
+#[test]
+fn full_data_space_gives_enospc_and_recovers() {
+    let dev = new_dev(16 * MIB);
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    let c = root();
+    let (f, fh) = fs.create(ROOT_INO, b"fill", 0o644, rw(), &c).unwrap();
+    let chunk = pattern(256 << 10, 5);
+    let mut off = 0u64;
+    let err = loop {
+        match fs.write(f.ino, fh, off, &chunk, &c) {
+            Ok(n) => off += u64::from(n),
+            Err(e) => break e,
+        }
+        assert!(off < 64 << 20, "never ran out");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC);
+    fs.fsync(f.ino, fh, false).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size, off);
+    fs.release(f.ino, fh).unwrap();
+    assert_eq!(content(&fs, f.ino).len() as u64, off);
+    fs.unlink(ROOT_INO, b"fill", &c).unwrap();
+    fs.sync().unwrap();
+    put(&fs, ROOT_INO, b"after", &chunk, &c);
+    assert_clean(&fs);
+}
+
+#[test]
+fn dirty_data_is_bounded_and_committed_in_the_background() {
+    let dev = new_dev(64 * MIB);
+    let o = cowfs::OpenOptions {
+        max_dirty_bytes: 1 << 20,
+        commit_interval: std::time::Duration::from_millis(50),
+        ..opts()
+    };
+    let fs = Filesystem::open_device(dev.clone(), &o).unwrap();
+    let c = root();
+    let (f, fh) = fs.create(ROOT_INO, b"f", 0o644, rw(), &c).unwrap();
+    let data = pattern(3 << 20, 8);
+    for (i, piece) in data.chunks(100_000).enumerate() {
+        fs.write(f.ino, fh, i as u64 * 100_000, piece, &c).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // No fsync: the periodic commit made it durable. Open a copy of the device as it is now.
+    let mut image = vec![0u8; dev.size() as usize];
+    dev.read_at(&mut image, 0).unwrap();
+    let copy: std::sync::Arc<dyn store::BlockDevice> =
+        std::sync::Arc::new(store::MemDevice::from_bytes(image));
+    let fs2 = Filesystem::open_device(copy, &opts()).unwrap();
+    assert_eq!(content(&fs2, f.ino), data);
+    let ins = fs2.inspect().unwrap();
+    let inode = ins.subvolumes[0]
+        .inodes
+        .iter()
+        .find(|i| i.ino == f.ino)
+        .unwrap();
+    assert!(
+        inode.extents.len() >= 3,
+        "flushed at the 1 MiB bound: {ins}"
+    );
+    assert_clean(&fs2);
+    fs.release(f.ino, fh).unwrap();
+}
