@@ -534,4 +534,47 @@ impl State {
             Ok(pos.min(it.size))
         }
     }
+
+    /// Reflink: maps `n` bytes of `src` at `off_in` into `dst` at `off_out` by sharing extents
+    /// (both offsets block aligned; a partial last block only where it ends `dst`). Returns
+    /// false, having changed nothing but flushed data, when a piece cannot be described (it
+    /// would start before its extent's start in `dst`); the caller then copies.
+    pub(crate) fn clone_range(
+        &mut self,
+        src: u64,
+        off_in: u64,
+        dst: u64,
+        off_out: u64,
+        n: u64,
+    ) -> Result<bool> {
+        self.flush_data(src)?;
+        self.flush_data(dst)?;
+        let span = n.next_multiple_of(BLOCK);
+        let mut pieces = Vec::new();
+        for (at, fe) in self.extents(src, off_in, off_in + span)? {
+            let a = at.max(off_in);
+            let b = (at + fe.len).min(off_in + span);
+            let piece = FileExtent {
+                offset: fe.offset + (a - at),
+                len: b - a,
+                ..fe
+            };
+            let key_offset = off_out + (a - off_in);
+            if key_offset < piece.offset {
+                return Ok(false);
+            }
+            pieces.push((key_offset, piece));
+        }
+        let mut it = self.inode(dst)?;
+        let removed = self.unmap(dst, off_out, off_out + span)?;
+        it.bytes = it.bytes.saturating_sub(removed);
+        for (key_offset, piece) in pieces {
+            self.put(Key::new(dst, ty::FILE_EXTENT, key_offset), &piece.encode())?;
+            self.add_extent_ref(dst, key_offset, &piece)?;
+            it.bytes += piece.len;
+        }
+        it.size = it.size.max(off_out + n);
+        self.put_inode(dst, &it)?;
+        Ok(true)
+    }
 }

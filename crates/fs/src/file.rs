@@ -351,6 +351,22 @@ impl State {
         if in_obj == out_obj && overlap {
             return Err(Error::Invalid("overlapping copy inside one file"));
         }
+        let n = len.min(src.size.saturating_sub(off_in));
+        let aligned = off_in.is_multiple_of(BLOCK) && off_out.is_multiple_of(BLOCK);
+        // A partial last block carries zeros past the source's end: only where it ends `dst`.
+        let tail_ok = n.is_multiple_of(BLOCK) || off_out + n >= dst.size;
+        if n > 0 && in_obj != out_obj && aligned && tail_ok {
+            self.writable()?;
+            if self.clone_range(in_obj, off_in, out_obj, off_out, n)? {
+                let mut it = self.inode(out_obj)?;
+                let now = Timespec::now();
+                it.mtime = now;
+                it.ctime = now;
+                perm::kill_suid(&mut it, c);
+                self.put_inode(out_obj, &it)?;
+                return Ok(n);
+            }
+        }
         let mut done = 0;
         while done < len {
             let n = (len - done).min(COPY_CHUNK) as u32;

@@ -231,7 +231,12 @@ impl Filesystem {
         rdev: u32,
         c: &Caller,
     ) -> Result<Attr> {
-        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
+        // Type bits 0 make a regular file, as mknod(2) says.
+        let kind = if mode & libc::S_IFMT == 0 {
+            FileKind::File
+        } else {
+            FileKind::from_mode(mode).ok_or(Error::Invalid("mknod file type"))?
+        };
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return Err(Error::Invalid("mknod of a directory or symlink"));
         }

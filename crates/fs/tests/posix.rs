@@ -1000,3 +1000,81 @@ fn dirty_data_is_bounded_and_committed_in_the_background() {
     assert_clean(&fs2);
     fs.release(f.ino, fh).unwrap();
 }
+
+#[test]
+fn threads_share_one_filesystem() {
+    let (_dev, fs) = new_fs();
+    let fs = std::sync::Arc::new(fs);
+    let workers: Vec<_> = (0..4u8)
+        .map(|t| {
+            let fs = fs.clone();
+            std::thread::spawn(move || {
+                let c = root();
+                let d = fs
+                    .mkdir(ROOT_INO, format!("t{t}").as_bytes(), 0o755, &c)
+                    .unwrap();
+                for i in 0..20u8 {
+                    let data = pattern(1000 + usize::from(i) * 500, t ^ i);
+                    let f = put(&fs, d.ino, format!("f{i}").as_bytes(), &data, &c);
+                    assert_eq!(content(&fs, f), data);
+                    if i % 3 == 0 {
+                        fs.unlink(d.ino, format!("f{i}").as_bytes(), &c).unwrap();
+                    }
+                }
+                fs.sync().unwrap();
+                d.ino
+            })
+        })
+        .collect();
+    for w in workers {
+        let d = w.join().unwrap();
+        assert_eq!(names(&fs, d).len(), 2 + 13);
+    }
+    assert_eq!(
+        errno(fs.mknod(ROOT_INO, b"bad", 0o170644, 0, &root())),
+        libc::EINVAL
+    );
+    assert_clean(&fs);
+}
+
+#[test]
+fn aligned_copy_file_range_shares_extents() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let data = pattern((1 << 20) + 1000, 6);
+    let src = put(&fs, ROOT_INO, b"src", &data, &c);
+    fs.sync().unwrap();
+    let (dst, dh) = fs.create(ROOT_INO, b"dst", 0o644, rw(), &c).unwrap();
+    let sh = fs.open(src, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    let free = fs.statfs().unwrap().bfree;
+    let n = fs
+        .copy_file_range(src, sh, 0, dst.ino, dh, 0, 4 << 20, &c)
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(fs.statfs().unwrap().bfree, free, "no data copied");
+    let ins = fs.inspect().unwrap();
+    let ext = |ino| {
+        ins.subvolumes[0]
+            .inodes
+            .iter()
+            .find(|i| i.ino == ino)
+            .unwrap()
+            .extents
+            .clone()
+    };
+    assert_eq!(ext(src)[0].extent, ext(dst.ino)[0].extent, "{ins}");
+    fs.release(dst.ino, dh).unwrap();
+    fs.release(src, sh).unwrap();
+    // Changing the source leaves the copy alone.
+    let h = fs.open(src, rw(), &c).unwrap();
+    fs.write(src, h, 0, b"changed", &c).unwrap();
+    fs.release(src, h).unwrap();
+    assert_eq!(content(&fs, dst.ino), data);
+    assert_clean(&fs);
+    // Dropping the source keeps the shared extent for the copy.
+    fs.unlink(ROOT_INO, b"src", &c).unwrap();
+    fs.unmount().unwrap();
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    assert_eq!(content(&fs, dst.ino), data);
+    assert_clean(&fs);
+}
