@@ -391,7 +391,7 @@ impl State {
                 crypt: None,
             };
             self.put(Key::new(obj, ty::FILE_EXTENT, start), &fe.encode())?;
-            it.bytes = it.bytes.saturating_sub(removed) + len;
+            it.bytes = it.bytes.saturating_sub(removed).saturating_add(len);
         }
         self.put_inode(obj, &it)
     }
@@ -498,7 +498,7 @@ impl State {
                     crypt: None,
                 };
                 self.put(Key::new(obj, ty::FILE_EXTENT, s), &fe.encode())?;
-                it.bytes += len;
+                it.bytes = it.bytes.saturating_add(len);
                 s += len;
             }
         }
@@ -571,10 +571,92 @@ impl State {
         for (key_offset, piece) in pieces {
             self.put(Key::new(dst, ty::FILE_EXTENT, key_offset), &piece.encode())?;
             self.add_extent_ref(dst, key_offset, &piece)?;
-            it.bytes += piece.len;
+            it.bytes = it.bytes.saturating_add(piece.len);
         }
         it.size = it.size.max(off_out + n);
         self.put_inode(dst, &it)?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use store::{BlockDevice, MemDevice, Store};
+
+    use super::*;
+    use crate::types::{FileKind, MkfsOptions, OpenOptions};
+
+    fn state() -> (Arc<dyn BlockDevice>, State) {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(32 << 20));
+        crate::Filesystem::mkfs(dev.clone(), &MkfsOptions::default()).unwrap();
+        let store = Arc::new(Store::open(dev.clone()).unwrap());
+        (dev, State::new(store, OpenOptions::default()).unwrap())
+    }
+
+    /// Punching the middle of an extent leaves two items on it, both under the owner of the
+    /// extent's start, so the back-reference counts two.
+    #[test]
+    fn split_items_share_one_owner() {
+        let (_dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &vec![7u8; 64 * 1024])
+            .unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let mut it = s.inode(obj).unwrap();
+        assert_eq!(it.bytes, 65536);
+        s.punch(obj, &mut it, 8192, 16384).unwrap();
+        let ex = s.extents(obj, 0, u64::MAX).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!((ex[0].0, ex[0].1.len), (0, 8192));
+        assert_eq!(
+            (ex[1].0, ex[1].1.offset, ex[1].1.len),
+            (16384, 16384, 49152)
+        );
+        assert_eq!(it.bytes, 57344);
+        let bytenr = ex[0].1.bytenr;
+        let refs = s.txn().unwrap().data_backrefs(bytenr).unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!((refs[0].0.inode, refs[0].0.offset, refs[0].1), (obj, 0, 2));
+        // Unmapping everything frees the extent and its checksums.
+        s.unmap(obj, 0, u64::MAX).unwrap();
+        assert!(s.txn().unwrap().data_extent(bytenr).unwrap().is_none());
+        let csums = s
+            .items_in(
+                tree_id::CSUM_TREE,
+                Key::new(bytenr, ty::DATA_CSUM, 0),
+                Key::new(bytenr, ty::DATA_CSUM, u64::MAX),
+                usize::MAX,
+            )
+            .unwrap();
+        assert!(csums.is_empty());
+    }
+
+    /// A damaged sector is an error on read, never wrong data.
+    #[test]
+    fn reads_verify_checksums() {
+        let (dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &[5u8; 8192]).unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let bytenr = s.extents(obj, 0, 1).unwrap()[0].1.bytenr;
+        let phys = s.store().chunk_map().to_physical(bytenr, 8192).unwrap();
+        assert_eq!(s.read_data(obj, &it, 0, 8192).unwrap(), vec![5u8; 8192]);
+        let raw = s
+            .txn()
+            .unwrap()
+            .data_io()
+            .unwrap()
+            .read_raw(bytenr, 4096, 4096)
+            .unwrap();
+        assert_eq!(raw, [5u8; 4096]);
+        // Change one byte of the second sector on the device.
+        dev.write_at(&[6], phys + 5000).unwrap();
+        assert!(s.read_data(obj, &it, 0, 4096).is_ok());
+        let err = s.read_data(obj, &it, 4096, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::EIO, "{err}");
     }
 }
