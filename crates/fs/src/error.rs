@@ -44,6 +44,8 @@ pub enum Error {
     NoSuchOffset,
     #[error("operation not supported")]
     NotSupported,
+    #[error("too many levels of symbolic links")]
+    Loop,
     /// An on-disk item failed its checks.
     #[error("corrupt item {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -76,6 +78,7 @@ impl Error {
             Error::BadHandle => libc::EBADF,
             Error::NoSuchOffset => libc::ENXIO,
             Error::NotSupported => libc::EOPNOTSUPP,
+            Error::Loop => libc::ELOOP,
             Error::Corrupt { .. } => libc::EIO,
             Error::Store(store::Error::NoSpace { .. }) => libc::ENOSPC,
             Error::Store(store::Error::ItemTooLarge { .. }) => libc::E2BIG,

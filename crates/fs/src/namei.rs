@@ -260,12 +260,12 @@ impl State {
         }
         let src_dir = src.kind == FileKind::Dir;
         if let Some(dst) = &dst {
+            if flags.noreplace {
+                return Err(Error::Exists);
+            }
             if dst.child == src.child {
                 // Two names of one inode: POSIX says do nothing.
                 return Ok(());
-            }
-            if flags.noreplace {
-                return Err(Error::Exists);
             }
             let dit = self.inode(dst.child)?;
             sticky_ok(&d2, &dit, c)?;

@@ -409,8 +409,8 @@ impl State {
     pub fn add_entry(&mut self, dir: u64, name: &[u8], child: u64, kind: FileKind) -> Result<u64> {
         let mut d = self.inode(dir)?;
         let index = d.next_index;
-        d.next_index += 1;
-        d.size += 2 * name.len() as u64;
+        d.next_index = index.checked_add(1).ok_or(Error::NoSpace)?;
+        d.size = d.size.saturating_add(2 * name.len() as u64);
         let now = Timespec::now();
         d.mtime = now;
         d.ctime = now;
