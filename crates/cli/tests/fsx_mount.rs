@@ -134,12 +134,11 @@ fn known_bug_seek_data_enxio() {
     );
 }
 
-/// Known cowcrypt bug: a write that runs out of space (ENOSPC) makes cowfs refuse every later
-/// change, so the file that filled the disk cannot even be deleted (EROFS), and the final
-/// commit at unmount fails: everything written since the last commit is lost. When fixed,
-/// `known_bug_enospc` fails and this flag goes to false (the test then checks the fixed
-/// behaviour: ENOSPC, then unlink works, space comes back, fsck is clean).
-const KNOWN_BUG_ENOSPC_POISONS: bool = true;
+/// Formerly a cowcrypt bug (fixed in fs 32f8c94): a write that ran out of space (ENOSPC) made
+/// cowfs refuse every later change, so the file that filled the disk could not be deleted
+/// (EROFS) and the final commit at unmount failed. With the flag false `known_bug_enospc` is
+/// a regression test: ENOSPC, then unlink and create work, unmount commits, fsck is clean.
+const KNOWN_BUG_ENOSPC_POISONS: bool = false;
 
 #[test]
 fn known_bug_enospc() {
@@ -191,4 +190,57 @@ fn known_bug_enospc() {
         bug_present, KNOWN_BUG_ENOSPC_POISONS,
         "unlink after ENOSPC: bug present = {bug_present}; set KNOWN_BUG_ENOSPC_POISONS to match"
     );
+}
+
+/// Known cowcrypt bug (found by fsx seed 1, op 5982, with 2,000-op remounts): copy_file_range
+/// of a short range that is not block-aligned at its end (93 bytes from offset 0 of an 8 KiB
+/// file into an empty file) shares the whole source block; when the destination then grows
+/// (ftruncate up, ZERO_RANGE or a write past EOF) the bytes between its old EOF and the end of
+/// that block read as the source file's data instead of zeroes, at once and after remount.
+/// Another file's contents leak into this one. When fixed, `known_bug_reflink_tail` fails and
+/// this flag goes to false.
+const KNOWN_BUG_REFLINK_TAIL: bool = true;
+
+#[test]
+fn known_bug_reflink_tail() {
+    if !mount_tests_can_run("known_bug_reflink_tail") {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
+    if !binary_can_mount(bin, "known_bug_reflink_tail") {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("cowcrypt-reflink.")
+        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
+        .expect("scratch dir");
+    let image = tmp.path().join("reflink.img");
+    let dir = tmp.path().join("mnt");
+    CowcryptMount::mkfs(bin, &image, "256M").expect("mkfs");
+    let mut mount =
+        CowcryptMount::mount(bin, &image, &dir, &tmp.path().join("daemon.log")).expect("mount");
+    // File 0: 8 KiB of 0x53, synced. File 1: empty.
+    let mut t = DirTarget::new(&dir, 2);
+    t.open(0, true).expect("create src");
+    t.open(1, true).expect("create dst");
+    t.pwrite(0, 0, &[0x53; 8192]).expect("write src");
+    t.fsync(0, false).expect("fsync src");
+    let copied = t.copy_file_range(0, 0, 1, 0, 93).expect("copy_file_range");
+    assert_eq!(copied, 93);
+    t.truncate(1, 4096).expect("ftruncate dst up to 4 KiB");
+    let mut buf = vec![0u8; 4096];
+    let n = t.pread(1, 0, &mut buf).expect("read dst");
+    t.close(0);
+    t.close(1);
+    mount.unmount().expect("unmount");
+    assert_eq!(n, 4096);
+    assert!(buf[..93].iter().all(|&b| b == 0x53), "copied bytes wrong");
+    let leaked = buf[93..].iter().filter(|&&b| b != 0).count();
+    let bug_present = leaked > 0;
+    assert_eq!(
+        bug_present, KNOWN_BUG_REFLINK_TAIL,
+        "{leaked} of the 4003 bytes past the copied range read non-zero after ftruncate up; \
+         set KNOWN_BUG_REFLINK_TAIL to match"
+    );
+    CowcryptMount::fsck(bin, &image).expect("fsck");
 }
