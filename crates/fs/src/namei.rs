@@ -71,10 +71,11 @@ impl State {
             // mkdir ignores setuid and setgid; setgid comes from the parent below.
             mode &= !0o6000;
         }
-        if kind == FileKind::Symlink {
-            mode = 0o777;
-        }
         let (mut perm, access, default) = self.new_inode_mode(parent, mode, kind, c)?;
+        if kind == FileKind::Symlink {
+            // A symlink's mode is always 0777: neither the umask nor an ACL applies.
+            perm = 0o777;
+        }
         let mut gid = c.gid;
         if d.perm & 0o2000 != 0 {
             gid = d.gid;

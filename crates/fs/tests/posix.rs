@@ -261,7 +261,12 @@ fn hard_links_symlinks_and_special_files() {
     let d = fs.mkdir(ROOT_INO, b"d", 0o755, &c).unwrap();
     assert_eq!(errno(fs.link(d.ino, ROOT_INO, b"dl", &c)), libc::EPERM);
     assert_eq!(errno(fs.link(f, ROOT_INO, b"g", &c)), libc::EEXIST);
-    let s = fs.symlink(ROOT_INO, b"s", b"../target", &c).unwrap();
+    let masked = cowfs::Caller {
+        umask: 0o077,
+        ..c.clone()
+    };
+    let s = fs.symlink(ROOT_INO, b"s", b"../target", &masked).unwrap();
+    assert_eq!(s.perm, 0o777);
     assert_eq!(s.kind, FileKind::Symlink);
     assert_eq!(s.size, 9);
     assert_eq!(fs.readlink(s.ino).unwrap(), b"../target");
