@@ -183,6 +183,10 @@ impl State {
             if fe.kind == ExtentKind::Prealloc {
                 continue;
             }
+            if fe.crypt.is_some() {
+                // Never hand out ciphertext as if it were the file's bytes.
+                return Err(Error::NoKey);
+            }
             let a = at.max(start);
             let b = (at + fe.len).min(end);
             let data = self.read_extent(fe.bytenr, fe.offset + (a - at), b - a)?;
@@ -658,5 +662,21 @@ mod tests {
         assert!(s.read_data(obj, &it, 0, 4096).is_ok());
         let err = s.read_data(obj, &it, 4096, 10).unwrap_err();
         assert_eq!(err.errno(), libc::EIO, "{err}");
+    }
+
+    /// An extent with a crypt context reads as an error without its key, never as ciphertext.
+    #[test]
+    fn encrypted_extents_need_a_key() {
+        let (_dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &[1u8; 4096]).unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let (at, mut fe) = s.extents(obj, 0, 1).unwrap().remove(0);
+        fe.crypt = Some(vec![1; 34]);
+        s.put(Key::new(obj, ty::FILE_EXTENT, at), &fe.encode())
+            .unwrap();
+        let err = s.read_data(obj, &it, 0, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOKEY);
     }
 }
