@@ -373,7 +373,7 @@ impl State {
             };
             let bytenr = match self.txn()?.alloc_data_extent(len, o) {
                 Ok(b) => b,
-                Err(store::Error::NoSpace { .. }) if run.len() > 1 => {
+                Err(store::Error::NoSpace { kind: "data", .. }) if run.len() > 1 => {
                     let mut left = run;
                     let right = left.split_off(left.len() / 2);
                     runs.push((first + left.len() as u64, right));
@@ -485,14 +485,24 @@ impl State {
         let max = (self.opts.max_extent_bytes / BLOCK).max(1) * BLOCK;
         for (mut s, e) in holes {
             while s < e {
-                let len = (e - s).min(max);
+                let mut len = (e - s).min(max);
                 let o = DataRefOwner {
                     root: TREE,
                     inode: obj,
                     offset: s,
                 };
+                // Space was reserved in total; a free range too short for `len` means a
+                // smaller extent.
+                let bytenr = loop {
+                    match self.txn()?.alloc_data_extent(len, o) {
+                        Ok(b) => break b,
+                        Err(store::Error::NoSpace { kind: "data", .. }) if len > BLOCK => {
+                            len = (len / 2).next_multiple_of(BLOCK);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 self.changes += 1;
-                let bytenr = self.txn()?.alloc_data_extent(len, o)?;
                 let fe = FileExtent {
                     kind: ExtentKind::Prealloc,
                     bytenr,
