@@ -166,7 +166,7 @@ impl State {
 
     pub(crate) fn unlink(&mut self, parent: u64, name: &[u8], c: &Caller) -> Result<()> {
         check_name(name)?;
-        self.writable()?;
+        self.writable_for_delete()?;
         let d = self.may_change_dir(parent, c)?;
         if dot(name) {
             return Err(Error::IsDir);
@@ -191,7 +191,7 @@ impl State {
             b".." => return Err(Error::NotEmpty),
             _ => {}
         }
-        self.writable()?;
+        self.writable_for_delete()?;
         let d = self.may_change_dir(parent, c)?;
         let e = self.find_entry(parent, name)?.ok_or(Error::NotFound)?;
         if e.kind != FileKind::Dir {
