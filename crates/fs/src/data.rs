@@ -183,6 +183,10 @@ impl State {
             if fe.kind == ExtentKind::Prealloc {
                 continue;
             }
+            if fe.crypt.is_some() {
+                // Never hand out ciphertext as if it were the file's bytes.
+                return Err(Error::NoKey);
+            }
             let a = at.max(start);
             let b = (at + fe.len).min(end);
             let data = self.read_extent(fe.bytenr, fe.offset + (a - at), b - a)?;
@@ -369,7 +373,7 @@ impl State {
             };
             let bytenr = match self.txn()?.alloc_data_extent(len, o) {
                 Ok(b) => b,
-                Err(store::Error::NoSpace { .. }) if run.len() > 1 => {
+                Err(store::Error::NoSpace { kind: "data", .. }) if run.len() > 1 => {
                     let mut left = run;
                     let right = left.split_off(left.len() / 2);
                     runs.push((first + left.len() as u64, right));
@@ -481,14 +485,24 @@ impl State {
         let max = (self.opts.max_extent_bytes / BLOCK).max(1) * BLOCK;
         for (mut s, e) in holes {
             while s < e {
-                let len = (e - s).min(max);
+                let mut len = (e - s).min(max);
                 let o = DataRefOwner {
                     root: TREE,
                     inode: obj,
                     offset: s,
                 };
+                // Space was reserved in total; a free range too short for `len` means a
+                // smaller extent.
+                let bytenr = loop {
+                    match self.txn()?.alloc_data_extent(len, o) {
+                        Ok(b) => break b,
+                        Err(store::Error::NoSpace { kind: "data", .. }) if len > BLOCK => {
+                            len = (len / 2).next_multiple_of(BLOCK);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 self.changes += 1;
-                let bytenr = self.txn()?.alloc_data_extent(len, o)?;
                 let fe = FileExtent {
                     kind: ExtentKind::Prealloc,
                     bytenr,
@@ -658,5 +672,21 @@ mod tests {
         assert!(s.read_data(obj, &it, 0, 4096).is_ok());
         let err = s.read_data(obj, &it, 4096, 10).unwrap_err();
         assert_eq!(err.errno(), libc::EIO, "{err}");
+    }
+
+    /// An extent with a crypt context reads as an error without its key, never as ciphertext.
+    #[test]
+    fn encrypted_extents_need_a_key() {
+        let (_dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &[1u8; 4096]).unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let (at, mut fe) = s.extents(obj, 0, 1).unwrap().remove(0);
+        fe.crypt = Some(vec![1; 34]);
+        s.put(Key::new(obj, ty::FILE_EXTENT, at), &fe.encode())
+            .unwrap();
+        let err = s.read_data(obj, &it, 0, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOKEY);
     }
 }

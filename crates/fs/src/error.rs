@@ -46,6 +46,9 @@ pub enum Error {
     NotSupported,
     #[error("too many levels of symbolic links")]
     Loop,
+    /// Encrypted data and no key to read it with (encryption arrives in a later issue).
+    #[error("required key not available")]
+    NoKey,
     /// An on-disk item failed its checks.
     #[error("corrupt item {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -79,6 +82,7 @@ impl Error {
             Error::NoSuchOffset => libc::ENXIO,
             Error::NotSupported => libc::EOPNOTSUPP,
             Error::Loop => libc::ELOOP,
+            Error::NoKey => libc::ENOKEY,
             Error::Corrupt { .. } => libc::EIO,
             Error::Store(store::Error::NoSpace { .. }) => libc::ENOSPC,
             Error::Store(store::Error::ItemTooLarge { .. }) => libc::E2BIG,

@@ -147,14 +147,14 @@ impl State {
         if flags.readable() {
             want |= MAY_READ;
         }
-        if flags.writable() {
+        // O_TRUNC needs write permission and truncates whatever the access mode, as on Linux.
+        let truncate = flags.truncate() && it.kind == FileKind::File;
+        if flags.writable() || truncate {
             want |= MAY_WRITE;
-        }
-        if flags.writable() || (flags.truncate() && it.kind == FileKind::File) {
             self.writable()?;
         }
         self.permit(obj, &it, c, want)?;
-        if flags.truncate() && flags.writable() && it.kind == FileKind::File {
+        if truncate {
             self.truncate(obj, &mut it, 0)?;
             let now = Timespec::now();
             it.mtime = now;

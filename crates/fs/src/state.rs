@@ -210,6 +210,16 @@ impl State {
         Ok(())
     }
 
+    /// Like [`State::writable`] for removals (unlink, rmdir): they may use the store's metadata
+    /// reserve, so a full filesystem can still be emptied.
+    pub fn writable_for_delete(&mut self) -> Result<()> {
+        if self.opts.read_only || self.failed.is_some() {
+            return Err(Error::ReadOnly);
+        }
+        self.txn()?.allow_reserve();
+        Ok(())
+    }
+
     // --- Inodes -------------------------------------------------------------------------------
 
     pub fn inode(&mut self, obj: u64) -> Result<InodeItem> {

@@ -57,10 +57,38 @@ fn fsynced_data_survives_every_crash() {
             fs.write(o.ino, oh, 100, b"overwritten", &c).unwrap();
             fs.release(o.ino, oh).unwrap();
             model.get_mut(&old).unwrap()[100..111].copy_from_slice(b"overwritten");
-            if i % 2 == 1 {
-                let gone = format!("f{}", i - 1).into_bytes();
+            let gone = format!("f{}", i - 1).into_bytes();
+            if i % 2 == 1 && model.contains_key(&gone) {
                 fs.unlink(ROOT_INO, &gone, &c).unwrap();
                 model.remove(&gone);
+            }
+        }
+        if i % 3 == 2 {
+            // Rename over an existing file, and shrink another.
+            let from = format!("f{i}").into_bytes();
+            let to = format!("r{}", i % 2).into_bytes();
+            fs.rename(
+                ROOT_INO,
+                &from,
+                ROOT_INO,
+                &to,
+                cowfs::RenameFlags::default(),
+                &c,
+            )
+            .unwrap();
+            let v = model.remove(&from).unwrap();
+            model.insert(to, v);
+            if let Some((n, v)) = model
+                .iter_mut()
+                .find(|(n, v)| n.starts_with(b"f") && v.len() > 5000)
+            {
+                let t = fs.lookup(ROOT_INO, n, &c).unwrap();
+                let set = cowfs::SetAttr {
+                    size: Some(4999),
+                    ..cowfs::SetAttr::default()
+                };
+                fs.setattr(t.ino, &set, None, &c).unwrap();
+                v.truncate(4999);
             }
         }
         fs.fsync(a.ino, fh, false).unwrap();
@@ -94,6 +122,6 @@ fn fsynced_data_survives_every_crash() {
             img.description
         );
     }
-    eprintln!("{images} crash images checked");
+    eprintln!("{images} crash images of {} operations checked", log.len());
     assert!(images > 10 * marks.len());
 }

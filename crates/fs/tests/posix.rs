@@ -261,7 +261,12 @@ fn hard_links_symlinks_and_special_files() {
     let d = fs.mkdir(ROOT_INO, b"d", 0o755, &c).unwrap();
     assert_eq!(errno(fs.link(d.ino, ROOT_INO, b"dl", &c)), libc::EPERM);
     assert_eq!(errno(fs.link(f, ROOT_INO, b"g", &c)), libc::EEXIST);
-    let s = fs.symlink(ROOT_INO, b"s", b"../target", &c).unwrap();
+    let masked = cowfs::Caller {
+        umask: 0o077,
+        ..c.clone()
+    };
+    let s = fs.symlink(ROOT_INO, b"s", b"../target", &masked).unwrap();
+    assert_eq!(s.perm, 0o777);
     assert_eq!(s.kind, FileKind::Symlink);
     assert_eq!(s.size, 9);
     assert_eq!(fs.readlink(s.ino).unwrap(), b"../target");
@@ -1076,5 +1081,38 @@ fn aligned_copy_file_range_shares_extents() {
     fs.unmount().unwrap();
     let fs = Filesystem::open_device(dev, &opts()).unwrap();
     assert_eq!(content(&fs, dst.ino), data);
+    assert_clean(&fs);
+}
+
+#[test]
+fn full_metadata_gives_enospc_and_deletes_still_work() {
+    let dev = new_dev(16 * MIB);
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    let c = root();
+    let value = vec![3u8; 3000];
+    let mut made = 0;
+    let err = loop {
+        let name = format!("file-{made}").into_bytes();
+        match fs.mknod(ROOT_INO, &name, libc::S_IFREG | 0o644, 0, &c) {
+            Ok(a) => match fs.setxattr(a.ino, b"user.v", &value, 0, &c) {
+                Ok(()) => made += 1,
+                Err(e) => break e,
+            },
+            Err(e) => break e,
+        }
+        assert!(made < 100_000, "never ran out");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert!(made > 100);
+    fs.sync().unwrap();
+    for i in 0..made {
+        fs.unlink(ROOT_INO, format!("file-{i}").as_bytes(), &c)
+            .unwrap();
+        if i % 50 == 0 {
+            fs.sync().unwrap();
+        }
+    }
+    fs.sync().unwrap();
+    put(&fs, ROOT_INO, b"room again", b"yes", &c);
     assert_clean(&fs);
 }
