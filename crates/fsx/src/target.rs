@@ -153,18 +153,23 @@ impl Mapping {
         })
     }
 
-    fn bytes(&self, len: usize) -> &[u8] {
-        // SAFETY: the mapping is `map_len` bytes long, readable, and lives as long as `self`;
-        // the caller keeps the mapped file range inside the file, so touching it cannot fault.
-        let all = unsafe { std::slice::from_raw_parts(self.base as *const u8, self.map_len) };
-        &all[self.skew..self.skew + len]
+    /// Copies `buf.len()` bytes from the mapped range into `buf`.
+    fn read_into(&self, buf: &mut [u8]) {
+        assert!(self.skew + buf.len() <= self.map_len);
+        let src = (self.base as *const u8).wrapping_add(self.skew);
+        // SAFETY: `src .. src + buf.len()` lies inside the live, readable mapping (asserted
+        // above) of a file range the caller keeps inside the file, so reading it cannot fault;
+        // `buf` is a distinct, exclusively borrowed buffer of that length.
+        unsafe { libc::memcpy(buf.as_mut_ptr().cast(), src.cast(), buf.len()) };
     }
 
-    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
-        // SAFETY: as in `bytes`; the mapping was made writable by `map_write`, and `&mut self`
-        // makes this the only live view of it.
-        let all = unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.map_len) };
-        &mut all[self.skew..self.skew + len]
+    /// Copies `data` into the mapped range (the mapping must be writable).
+    fn write_from(&mut self, data: &[u8]) {
+        assert!(self.skew + data.len() <= self.map_len);
+        let dst = (self.base as *mut u8).wrapping_add(self.skew);
+        // SAFETY: as in `read_into`; the mapping was made with PROT_WRITE by `map_write`, and
+        // `&mut self` makes this the only access to it.
+        unsafe { libc::memcpy(dst.cast(), data.as_ptr().cast(), data.len()) };
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -338,14 +343,14 @@ impl Target for DirTarget {
     fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let fd = self.file(file)?.as_raw_fd();
         let m = Mapping::new(fd, offset, buf.len(), false)?;
-        buf.copy_from_slice(m.bytes(buf.len()));
+        m.read_into(buf);
         Ok(())
     }
 
     fn map_write(&mut self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
         let fd = self.file(file)?.as_raw_fd();
         let mut m = Mapping::new(fd, offset, data.len(), true)?;
-        m.bytes_mut(data.len()).copy_from_slice(data);
+        m.write_from(data);
         m.sync()
     }
 }
