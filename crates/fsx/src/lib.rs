@@ -9,9 +9,10 @@
 //! Operations: `pwrite`/`pread` at random offsets and lengths (unaligned, page-aligned, near the
 //! end of file, and large), `ftruncate` up and down, `fallocate` in all five modes (allocate,
 //! `KEEP_SIZE`, `PUNCH_HOLE`, `ZERO_RANGE`, `ZERO_RANGE|KEEP_SIZE`), `copy_file_range` between
-//! and within files, reads and writes through shared `mmap` mappings (msync'ed), `SEEK_DATA`/`SEEK_HOLE` sanity checks, `fsync`/`fdatasync`, and
-//! close/reopen. Every `remount_every` operations all files are closed, the caller's remount hook
-//! runs (unmount and mount again, for example) and every file is compared in full.
+//! and within files, reads and writes through shared `mmap` mappings (msync'ed), writes through
+//! a second `O_APPEND` descriptor, `SEEK_DATA`/`SEEK_HOLE` sanity checks, `fsync`/`fdatasync`,
+//! and close/reopen. Every `remount_every` operations all files are closed, the caller's remount
+//! hook runs (unmount and mount again, for example) and every file is compared in full.
 //!
 //! What `SEEK_DATA`/`SEEK_HOLE` must do is checked only as far as any filesystem is bound: an
 //! answer lies inside the file, a range reported as hole reads as zeroes, `ENXIO` only where no
@@ -51,6 +52,8 @@ pub struct OpSet {
     pub reopen: bool,
     /// Reads and writes through shared mmap(2) mappings.
     pub mmap: bool,
+    /// Writes through a second descriptor opened with O_APPEND.
+    pub append: bool,
 }
 
 impl Default for OpSet {
@@ -63,6 +66,7 @@ impl Default for OpSet {
             fsync: true,
             reopen: true,
             mmap: true,
+            append: true,
         }
     }
 }
@@ -392,7 +396,8 @@ impl Fsx {
             72..=81 if self.copy_enabled => self.op_copy(target, f)?,
             82..=91 if ops.seek => self.op_seek(target, f)?,
             92..=95 if ops.fsync => self.op_fsync(target, f)?,
-            96..=99 if ops.reopen => self.op_reopen(target, f)?,
+            96..=97 if ops.reopen => self.op_reopen(target, f)?,
+            98..=99 if ops.append => self.op_append(target, f)?,
             r if r % 2 == 0 => self.op_read(target, f)?,
             _ => self.op_write(target, f)?,
         }
@@ -591,6 +596,35 @@ impl Fsx {
             .map_err(|e| self.fail(format!("mmap write of file {f} at {offset:#x}: {e}")))?;
         self.report.bytes_written += len;
         self.model[f][offset as usize..end as usize].copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn op_append(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {
+        let size = self.size_of(f);
+        let room = self.cfg.max_file_size.saturating_sub(size);
+        if room == 0 {
+            return self.op_truncate(target, f);
+        }
+        self.count("append");
+        let len = self.pick_len().min(room);
+        let mut data = vec![0u8; len as usize];
+        self.rng.fill_nonzero(&mut data);
+        self.log(format!(
+            "f{f} APPEND len {len:#x} (size {size:#x} -> {:#x})",
+            size + len
+        ));
+        let got = target
+            .append(f, &data)
+            .map_err(|e| self.fail(format!("O_APPEND write of file {f}: {e}")))?;
+        if got != size + len {
+            return Err(self.fail(format!(
+                "O_APPEND write of {len:#x} bytes to file {f} of size {size:#x}: \
+                 the size is now {got:#x}, expected {:#x}",
+                size + len
+            )));
+        }
+        self.report.bytes_written += len;
+        self.model[f].extend_from_slice(&data);
         Ok(())
     }
 

@@ -187,6 +187,12 @@ impl Target for MemTarget {
         self.get(file).map(|_| ())
     }
 
+    fn append(&mut self, file: usize, data: &[u8]) -> io::Result<u64> {
+        let size = self.get(file)?.len() as u64;
+        self.pwrite(file, size, data)?;
+        Ok(size + data.len() as u64)
+    }
+
     fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let f = self.get(file)?;
         let (s, e) = span(offset, buf.len() as u64, f.len());

@@ -100,6 +100,9 @@ pub trait Target {
     fn seek(&mut self, file: usize, offset: u64, whence: Whence) -> io::Result<u64>;
     /// fsync(2), or fdatasync(2) when `datasync`.
     fn fsync(&mut self, file: usize, datasync: bool) -> io::Result<()>;
+    /// Opens the file again with O_APPEND, writes all of `data` with write(2), closes it;
+    /// returns the size fstat shows before closing.
+    fn append(&mut self, file: usize, data: &[u8]) -> io::Result<u64>;
     /// Reads `buf.len()` bytes at `offset` through a shared mmap(2) of the file; the range
     /// lies inside the file.
     fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()>;
@@ -338,6 +341,14 @@ impl Target for DirTarget {
         } else {
             f.sync_all()
         }
+    }
+
+    fn append(&mut self, file: usize, data: &[u8]) -> io::Result<u64> {
+        use std::io::Write;
+        self.file(file)?;
+        let mut f = OpenOptions::new().append(true).open(self.path(file))?;
+        f.write_all(data)?;
+        Ok(f.metadata()?.len())
     }
 
     fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -53,6 +53,7 @@ fn memory_target_passes_many_seeds_with_remounts() {
             "reopen",
             "mapread",
             "mapwrite",
+            "append",
         ] {
             assert!(
                 report.counts.get(name).copied().unwrap_or(0) > 0,
@@ -94,6 +95,8 @@ enum Fault {
     ReadPastEof,
     /// Writes through a mapping never reach the file.
     MapWriteLost,
+    /// O_APPEND is ignored: the data lands at offset 0.
+    AppendAtZero,
 }
 
 struct Faulty {
@@ -206,6 +209,13 @@ impl Target for Faulty {
     }
     fn fsync(&mut self, file: usize, datasync: bool) -> io::Result<()> {
         self.inner.fsync(file, datasync)
+    }
+    fn append(&mut self, file: usize, data: &[u8]) -> io::Result<u64> {
+        if self.fault == Fault::AppendAtZero {
+            self.inner.pwrite(file, 0, data)?;
+            return self.inner.size(file);
+        }
+        self.inner.append(file, data)
     }
     fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.inner.map_read(file, offset, buf)
@@ -369,4 +379,10 @@ fn lost_mmap_write_is_caught() {
     let f = run_faulty(Fault::MapWriteLost, 0);
     assert!(f.message.contains("mismatch"), "{f}");
     assert!(f.history.iter().any(|h| h.contains("MAPWRITE")), "{f}");
+}
+
+#[test]
+fn ignored_o_append_is_caught() {
+    let f = run_faulty(Fault::AppendAtZero, 0);
+    assert!(f.history.last().unwrap().contains("APPEND"), "{f}");
 }

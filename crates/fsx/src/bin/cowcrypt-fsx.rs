@@ -69,6 +69,9 @@ struct Args {
     /// No reads and writes through mmap.
     #[arg(long)]
     no_mmap: bool,
+    /// No writes through an O_APPEND descriptor.
+    #[arg(long)]
+    no_append: bool,
     /// Progress line every N operations (0: none).
     #[arg(long, default_value_t = 0)]
     progress: u64,
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
             copy_file_range: !a.no_copy_range,
             seek: !a.no_seek,
             mmap: !a.no_mmap,
+            append: !a.no_append,
             ..OpSet::default()
         },
         strict: a.strict,
