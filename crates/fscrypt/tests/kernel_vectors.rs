@@ -321,8 +321,13 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The kernel vector tool: `COWCRYPT_KERNEL_VECTORS` when set (a checkout that does not sit
+/// beside `shared/`, such as a worktree), else `shared/tools/` beside the checkout.
 fn tool() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/kernel-vectors")
+    match std::env::var_os("COWCRYPT_KERNEL_VECTORS") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/kernel-vectors"),
+    }
 }
 
 /// Unmounts on drop, so a failing assertion never leaves a mount behind.
