@@ -2,10 +2,10 @@
 //! shared tree blocks with lazy reference counts.
 //!
 //! One writer at a time (a transaction takes the writer state and puts it back when it ends, so
-//! it may be owned and outlive a borrow) and any number of readers. A reader holds the committed roots
-//! of one generation; blocks it may still read are not reused while it lives. A write transaction
-//! copies every node it changes to a new address ([`crate::btree`]) and holds those dirty nodes
-//! until commit. Commit writes them, flushes, writes the superblock copies, flushes again: a crash
+//! it may be owned and outlive a borrow) and any number of readers. A reader holds the committed
+//! roots of one generation; blocks it may still read are not reused while it lives. A write
+//! transaction copies every node it changes to a new address ([`crate::btree`]) and holds those
+//! dirty nodes until commit. Commit writes them, flushes, writes the superblock copies, flushes again: a crash
 //! at any point leaves the previous generation intact, and space freed by the transaction becomes
 //! allocatable only after that.
 //!
