@@ -183,6 +183,10 @@ impl State {
             if fe.kind == ExtentKind::Prealloc {
                 continue;
             }
+            if fe.crypt.is_some() {
+                // Never hand out ciphertext as if it were the file's bytes.
+                return Err(Error::NoKey);
+            }
             let a = at.max(start);
             let b = (at + fe.len).min(end);
             let data = self.read_extent(fe.bytenr, fe.offset + (a - at), b - a)?;
@@ -357,7 +361,9 @@ impl State {
             }
         }
         let mut it = self.inode(obj)?;
-        for (first, run) in runs {
+        // Largest runs first; a run whose extent does not fit a free range is split in two.
+        runs.reverse();
+        while let Some((first, run)) = runs.pop() {
             let start = first * BLOCK;
             let len = run.len() as u64 * BLOCK;
             let o = DataRefOwner {
@@ -365,8 +371,18 @@ impl State {
                 inode: obj,
                 offset: start,
             };
+            let bytenr = match self.txn()?.alloc_data_extent(len, o) {
+                Ok(b) => b,
+                Err(store::Error::NoSpace { kind: "data", .. }) if run.len() > 1 => {
+                    let mut left = run;
+                    let right = left.split_off(left.len() / 2);
+                    runs.push((first + left.len() as u64, right));
+                    runs.push((first, left));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             self.changes += 1;
-            let bytenr = self.txn()?.alloc_data_extent(len, o)?;
             let buf: Vec<u8> = run.concat();
             self.write_extent(bytenr, &buf)?;
             let removed = self.unmap(obj, start, start + len)?;
@@ -379,7 +395,7 @@ impl State {
                 crypt: None,
             };
             self.put(Key::new(obj, ty::FILE_EXTENT, start), &fe.encode())?;
-            it.bytes = it.bytes.saturating_sub(removed) + len;
+            it.bytes = it.bytes.saturating_sub(removed).saturating_add(len);
         }
         self.put_inode(obj, &it)
     }
@@ -469,14 +485,24 @@ impl State {
         let max = (self.opts.max_extent_bytes / BLOCK).max(1) * BLOCK;
         for (mut s, e) in holes {
             while s < e {
-                let len = (e - s).min(max);
+                let mut len = (e - s).min(max);
                 let o = DataRefOwner {
                     root: TREE,
                     inode: obj,
                     offset: s,
                 };
+                // Space was reserved in total; a free range too short for `len` means a
+                // smaller extent.
+                let bytenr = loop {
+                    match self.txn()?.alloc_data_extent(len, o) {
+                        Ok(b) => break b,
+                        Err(store::Error::NoSpace { kind: "data", .. }) if len > BLOCK => {
+                            len = (len / 2).next_multiple_of(BLOCK);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 self.changes += 1;
-                let bytenr = self.txn()?.alloc_data_extent(len, o)?;
                 let fe = FileExtent {
                     kind: ExtentKind::Prealloc,
                     bytenr,
@@ -486,7 +512,7 @@ impl State {
                     crypt: None,
                 };
                 self.put(Key::new(obj, ty::FILE_EXTENT, s), &fe.encode())?;
-                it.bytes += len;
+                it.bytes = it.bytes.saturating_add(len);
                 s += len;
             }
         }
@@ -521,5 +547,146 @@ impl State {
             }
             Ok(pos.min(it.size))
         }
+    }
+
+    /// Reflink: maps `n` bytes of `src` at `off_in` into `dst` at `off_out` by sharing extents
+    /// (both offsets block aligned; a partial last block only where it ends `dst`). Returns
+    /// false, having changed nothing but flushed data, when a piece cannot be described (it
+    /// would start before its extent's start in `dst`); the caller then copies.
+    pub(crate) fn clone_range(
+        &mut self,
+        src: u64,
+        off_in: u64,
+        dst: u64,
+        off_out: u64,
+        n: u64,
+    ) -> Result<bool> {
+        self.flush_data(src)?;
+        self.flush_data(dst)?;
+        let span = n.next_multiple_of(BLOCK);
+        let mut pieces = Vec::new();
+        for (at, fe) in self.extents(src, off_in, off_in + span)? {
+            let a = at.max(off_in);
+            let b = (at + fe.len).min(off_in + span);
+            let piece = FileExtent {
+                offset: fe.offset + (a - at),
+                len: b - a,
+                ..fe
+            };
+            let key_offset = off_out + (a - off_in);
+            if key_offset < piece.offset {
+                return Ok(false);
+            }
+            pieces.push((key_offset, piece));
+        }
+        let mut it = self.inode(dst)?;
+        let removed = self.unmap(dst, off_out, off_out + span)?;
+        it.bytes = it.bytes.saturating_sub(removed);
+        for (key_offset, piece) in pieces {
+            self.put(Key::new(dst, ty::FILE_EXTENT, key_offset), &piece.encode())?;
+            self.add_extent_ref(dst, key_offset, &piece)?;
+            it.bytes = it.bytes.saturating_add(piece.len);
+        }
+        it.size = it.size.max(off_out + n);
+        self.put_inode(dst, &it)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use store::{BlockDevice, MemDevice, Store};
+
+    use super::*;
+    use crate::types::{FileKind, MkfsOptions, OpenOptions};
+
+    fn state() -> (Arc<dyn BlockDevice>, State) {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(32 << 20));
+        crate::Filesystem::mkfs(dev.clone(), &MkfsOptions::default()).unwrap();
+        let store = Arc::new(Store::open(dev.clone()).unwrap());
+        (dev, State::new(store, OpenOptions::default()).unwrap())
+    }
+
+    /// Punching the middle of an extent leaves two items on it, both under the owner of the
+    /// extent's start, so the back-reference counts two.
+    #[test]
+    fn split_items_share_one_owner() {
+        let (_dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &vec![7u8; 64 * 1024])
+            .unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let mut it = s.inode(obj).unwrap();
+        assert_eq!(it.bytes, 65536);
+        s.punch(obj, &mut it, 8192, 16384).unwrap();
+        let ex = s.extents(obj, 0, u64::MAX).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!((ex[0].0, ex[0].1.len), (0, 8192));
+        assert_eq!(
+            (ex[1].0, ex[1].1.offset, ex[1].1.len),
+            (16384, 16384, 49152)
+        );
+        assert_eq!(it.bytes, 57344);
+        let bytenr = ex[0].1.bytenr;
+        let refs = s.txn().unwrap().data_backrefs(bytenr).unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!((refs[0].0.inode, refs[0].0.offset, refs[0].1), (obj, 0, 2));
+        // Unmapping everything frees the extent and its checksums.
+        s.unmap(obj, 0, u64::MAX).unwrap();
+        assert!(s.txn().unwrap().data_extent(bytenr).unwrap().is_none());
+        let csums = s
+            .items_in(
+                tree_id::CSUM_TREE,
+                Key::new(bytenr, ty::DATA_CSUM, 0),
+                Key::new(bytenr, ty::DATA_CSUM, u64::MAX),
+                usize::MAX,
+            )
+            .unwrap();
+        assert!(csums.is_empty());
+    }
+
+    /// A damaged sector is an error on read, never wrong data.
+    #[test]
+    fn reads_verify_checksums() {
+        let (dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &[5u8; 8192]).unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let bytenr = s.extents(obj, 0, 1).unwrap()[0].1.bytenr;
+        let phys = s.store().chunk_map().to_physical(bytenr, 8192).unwrap();
+        assert_eq!(s.read_data(obj, &it, 0, 8192).unwrap(), vec![5u8; 8192]);
+        let raw = s
+            .txn()
+            .unwrap()
+            .data_io()
+            .unwrap()
+            .read_raw(bytenr, 4096, 4096)
+            .unwrap();
+        assert_eq!(raw, [5u8; 4096]);
+        // Change one byte of the second sector on the device.
+        dev.write_at(&[6], phys + 5000).unwrap();
+        assert!(s.read_data(obj, &it, 0, 4096).is_ok());
+        let err = s.read_data(obj, &it, 4096, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::EIO, "{err}");
+    }
+
+    /// An extent with a crypt context reads as an error without its key, never as ciphertext.
+    #[test]
+    fn encrypted_extents_need_a_key() {
+        let (_dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &[1u8; 4096]).unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let (at, mut fe) = s.extents(obj, 0, 1).unwrap().remove(0);
+        fe.crypt = Some(vec![1; 34]);
+        s.put(Key::new(obj, ty::FILE_EXTENT, at), &fe.encode())
+            .unwrap();
+        let err = s.read_data(obj, &it, 0, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOKEY);
     }
 }

@@ -44,6 +44,14 @@ pub enum Error {
     NoSuchOffset,
     #[error("operation not supported")]
     NotSupported,
+    #[error("too many levels of symbolic links")]
+    Loop,
+    /// Encrypted data and no key to read it with (encryption arrives in a later issue).
+    #[error("required key not available")]
+    NoKey,
+    /// An earlier operation failed part way; no change is accepted until a remount.
+    #[error("filesystem stopped after an error ({0}); remount to recover")]
+    Stopped(String),
     /// An on-disk item failed its checks.
     #[error("corrupt item {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -76,7 +84,9 @@ impl Error {
             Error::BadHandle => libc::EBADF,
             Error::NoSuchOffset => libc::ENXIO,
             Error::NotSupported => libc::EOPNOTSUPP,
-            Error::Corrupt { .. } => libc::EIO,
+            Error::Loop => libc::ELOOP,
+            Error::NoKey => libc::ENOKEY,
+            Error::Corrupt { .. } | Error::Stopped(_) => libc::EIO,
             Error::Store(store::Error::NoSpace { .. }) => libc::ENOSPC,
             Error::Store(store::Error::ItemTooLarge { .. }) => libc::E2BIG,
             Error::Store(_) => libc::EIO,

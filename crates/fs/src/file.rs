@@ -139,18 +139,22 @@ impl State {
         if it.kind == FileKind::Dir && flags.writable() {
             return Err(Error::IsDir);
         }
+        if it.kind == FileKind::Symlink {
+            // open(O_NOFOLLOW) of a symlink; following links is the caller's (the VFS's) job.
+            return Err(Error::Loop);
+        }
         let mut want = 0;
         if flags.readable() {
             want |= MAY_READ;
         }
-        if flags.writable() {
+        // O_TRUNC needs write permission and truncates whatever the access mode, as on Linux.
+        let truncate = flags.truncate() && it.kind == FileKind::File;
+        if flags.writable() || truncate {
             want |= MAY_WRITE;
-        }
-        if flags.writable() || (flags.truncate() && it.kind == FileKind::File) {
             self.writable()?;
         }
         self.permit(obj, &it, c, want)?;
-        if flags.truncate() && flags.writable() && it.kind == FileKind::File {
+        if truncate {
             self.truncate(obj, &mut it, 0)?;
             let now = Timespec::now();
             it.mtime = now;
@@ -347,6 +351,22 @@ impl State {
         if in_obj == out_obj && overlap {
             return Err(Error::Invalid("overlapping copy inside one file"));
         }
+        let n = len.min(src.size.saturating_sub(off_in));
+        let aligned = off_in.is_multiple_of(BLOCK) && off_out.is_multiple_of(BLOCK);
+        // A partial last block carries zeros past the source's end: only where it ends `dst`.
+        let tail_ok = n.is_multiple_of(BLOCK) || off_out + n >= dst.size;
+        if n > 0 && in_obj != out_obj && aligned && tail_ok {
+            self.writable()?;
+            if self.clone_range(in_obj, off_in, out_obj, off_out, n)? {
+                let mut it = self.inode(out_obj)?;
+                let now = Timespec::now();
+                it.mtime = now;
+                it.ctime = now;
+                perm::kill_suid(&mut it, c);
+                self.put_inode(out_obj, &it)?;
+                return Ok(n);
+            }
+        }
         let mut done = 0;
         while done < len {
             let n = (len - done).min(COPY_CHUNK) as u32;
@@ -393,7 +413,11 @@ impl State {
             });
         }
         if cookie < 2 && out.len() < max {
-            let parent = self.parent_of(obj)?;
+            // A removed directory still open has no parent left: ".." shows itself.
+            let parent = match self.parent_of(obj) {
+                Err(Error::NotFound) => obj,
+                p => p?,
+            };
             out.push(DirEntry {
                 ino: parent,
                 kind: FileKind::Dir,

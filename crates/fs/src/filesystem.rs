@@ -186,7 +186,12 @@ impl Filesystem {
         let before = s.changes;
         let r = f(&mut s);
         match &r {
-            Err(e) if s.changes != before && s.failed.is_none() => {
+            // Changes all committed (a commit to make room) leave nothing half done.
+            Err(e)
+                if s.changes != before
+                    && s.changes != s.committed_changes
+                    && s.failed.is_none() =>
+            {
                 s.failed = Some(format!("operation failed part way: {e}"));
                 eprintln!("cowfs: {e}; no further changes are accepted, remount to recover");
             }
@@ -226,7 +231,12 @@ impl Filesystem {
         rdev: u32,
         c: &Caller,
     ) -> Result<Attr> {
-        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
+        // Type bits 0 make a regular file, as mknod(2) says.
+        let kind = if mode & libc::S_IFMT == 0 {
+            FileKind::File
+        } else {
+            FileKind::from_mode(mode).ok_or(Error::Invalid("mknod file type"))?
+        };
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return Err(Error::Invalid("mknod of a directory or symlink"));
         }
@@ -474,28 +484,26 @@ impl Drop for Filesystem {
 
 /// Commits a dirty transaction every `every` until told to stop.
 fn commit_loop(shared: &Shared, every: Duration) {
-    let mut stop = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        let (guard, _) = shared
+        let stop = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock before waiting, so a stop sent before this thread first
+        // waits is not lost.
+        let (stop, _) = shared
             .wake
-            .wait_timeout(stop, every)
+            .wait_timeout_while(stop, every, |stop| !*stop)
             .unwrap_or_else(|p| p.into_inner());
-        stop = guard;
         if *stop {
             return;
         }
         drop(stop);
+        let mut s = shared.lock();
+        let dirty = s.changes != s.committed_changes || s.dirty_bytes > 0;
+        if dirty
+            && s.failed.is_none()
+            && let Err(e) = s.commit()
         {
-            let mut s = shared.lock();
-            let dirty = s.changes != s.committed_changes || s.dirty_bytes > 0;
-            if dirty
-                && s.failed.is_none()
-                && let Err(e) = s.commit()
-            {
-                eprintln!("cowfs: periodic commit: {e}");
-            }
+            eprintln!("cowfs: periodic commit: {e}");
         }
-        stop = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
     }
 }
 

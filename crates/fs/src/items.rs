@@ -640,6 +640,44 @@ mod tests {
         }
 
         #[test]
+        fn inodes_round_trip(kind in 1u8..8, perm in 0u32..0o10000, n in any::<[u32; 4]>(), w in any::<[u64; 5]>(), t in any::<[(i64, u32); 4]>()) {
+            let ts = |(sec, nsec): (i64, u32)| Timespec { sec, nsec: nsec % 1_000_000_000 };
+            let it = InodeItem {
+                kind: FileKind::from_code(kind).unwrap(),
+                perm,
+                nlink: n[0],
+                uid: n[1],
+                gid: n[2],
+                rdev: n[3],
+                size: w[0],
+                bytes: w[1],
+                generation: w[2],
+                next_index: w[3],
+                flags: w[4],
+                atime: ts(t[0]),
+                mtime: ts(t[1]),
+                ctime: ts(t[2]),
+                crtime: ts(t[3]),
+            };
+            let k = Key::new(9, ty::INODE, 0);
+            prop_assert_eq!(InodeItem::decode(&k, &it.encode()).unwrap(), it);
+        }
+
+        #[test]
+        fn file_extents_round_trip(prealloc in any::<bool>(), bytenr in 1u64.., offset in 0u64..1 << 40, len in 1u64..1 << 40, extra in 0u64..1 << 20, crypt in proptest::option::of(proptest::collection::vec(any::<u8>(), 1..=MAX_CRYPT_CONTEXT))) {
+            let fe = FileExtent {
+                kind: if prealloc { ExtentKind::Prealloc } else { ExtentKind::Regular },
+                bytenr,
+                extent_len: offset + len + extra,
+                offset,
+                len,
+                crypt,
+            };
+            let k = Key::new(9, ty::FILE_EXTENT, offset + 4096);
+            prop_assert_eq!(FileExtent::decode(&k, &fe.encode()).unwrap(), fe);
+        }
+
+        #[test]
         fn csums_round_trip(c in proptest::collection::vec(any::<u32>(), 1..128)) {
             let k = Key::new(1 << 20, ty::DATA_CSUM, 0);
             prop_assert_eq!(decode_csums(&k, &encode_csums(&c)).unwrap(), c);

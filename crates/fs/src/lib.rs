@@ -28,7 +28,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-mod acl;
+pub mod acl;
 mod check;
 mod data;
 mod error;

@@ -71,10 +71,11 @@ impl State {
             // mkdir ignores setuid and setgid; setgid comes from the parent below.
             mode &= !0o6000;
         }
-        if kind == FileKind::Symlink {
-            mode = 0o777;
-        }
         let (mut perm, access, default) = self.new_inode_mode(parent, mode, kind, c)?;
+        if kind == FileKind::Symlink {
+            // A symlink's mode is always 0777: neither the umask nor an ACL applies.
+            perm = 0o777;
+        }
         let mut gid = c.gid;
         if d.perm & 0o2000 != 0 {
             gid = d.gid;
@@ -165,7 +166,7 @@ impl State {
 
     pub(crate) fn unlink(&mut self, parent: u64, name: &[u8], c: &Caller) -> Result<()> {
         check_name(name)?;
-        self.writable()?;
+        self.writable_for_delete()?;
         let d = self.may_change_dir(parent, c)?;
         if dot(name) {
             return Err(Error::IsDir);
@@ -190,7 +191,7 @@ impl State {
             b".." => return Err(Error::NotEmpty),
             _ => {}
         }
-        self.writable()?;
+        self.writable_for_delete()?;
         let d = self.may_change_dir(parent, c)?;
         let e = self.find_entry(parent, name)?.ok_or(Error::NotFound)?;
         if e.kind != FileKind::Dir {
@@ -260,12 +261,12 @@ impl State {
         }
         let src_dir = src.kind == FileKind::Dir;
         if let Some(dst) = &dst {
+            if flags.noreplace {
+                return Err(Error::Exists);
+            }
             if dst.child == src.child {
                 // Two names of one inode: POSIX says do nothing.
                 return Ok(());
-            }
-            if flags.noreplace {
-                return Err(Error::Exists);
             }
             let dit = self.inode(dst.child)?;
             sticky_ok(&d2, &dit, c)?;

@@ -177,9 +177,7 @@ impl State {
 
     /// Commits the open transaction if it changed anything. Durable on return.
     pub fn commit(&mut self) -> Result<()> {
-        if self.failed.is_some() {
-            return Err(Error::ReadOnly);
-        }
+        self.check_not_stopped()?;
         self.flush_all_data()?;
         if self.changes == self.committed_changes {
             return Ok(());
@@ -198,7 +196,8 @@ impl State {
     /// Refuses a change when the filesystem is read-only or has stopped taking changes, or when
     /// metadata space is so low that an operation could run out part way.
     pub fn writable(&mut self) -> Result<()> {
-        if self.opts.read_only || self.failed.is_some() {
+        self.check_not_stopped()?;
+        if self.opts.read_only {
             return Err(Error::ReadOnly);
         }
         let st = self.txn()?.stats();
@@ -207,6 +206,24 @@ impl State {
         if st.metadata.free < st.metadata_reserve + 64 * node {
             return Err(Error::NoSpace);
         }
+        Ok(())
+    }
+
+    fn check_not_stopped(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(Error::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`State::writable`] for removals (unlink, rmdir): they may use the store's metadata
+    /// reserve, so a full filesystem can still be emptied.
+    pub fn writable_for_delete(&mut self) -> Result<()> {
+        self.check_not_stopped()?;
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.txn()?.allow_reserve();
         Ok(())
     }
 
@@ -409,8 +426,8 @@ impl State {
     pub fn add_entry(&mut self, dir: u64, name: &[u8], child: u64, kind: FileKind) -> Result<u64> {
         let mut d = self.inode(dir)?;
         let index = d.next_index;
-        d.next_index += 1;
-        d.size += 2 * name.len() as u64;
+        d.next_index = index.checked_add(1).ok_or(Error::NoSpace)?;
+        d.size = d.size.saturating_add(2 * name.len() as u64);
         let now = Timespec::now();
         d.mtime = now;
         d.ctime = now;
