@@ -544,6 +544,42 @@ fn large_files_and_reflink_auto_copy() {
     assert_eq!(fs::metadata(d.join("copy")).unwrap().len(), (48 << 20) + 4);
     m.unmount_with(&["umount"]);
     fsck_clean(&s.image);
+    // cp reached cowfs's copy_file_range, which reflinks aligned ranges: the copy's first
+    // extent is the original's, not a second copy of the data.
+    let (orig, copy) = (
+        first_extent(&s.image, "big"),
+        first_extent(&s.image, "copy"),
+    );
+    assert_eq!(orig, copy, "cp --reflink=auto did not share extents");
+}
+
+/// Physical address of the first data extent of root-directory file `name`, from inspect --json.
+fn first_extent(image: &Path, name: &str) -> u64 {
+    let out = ok(
+        cowcrypt()
+            .args(["inspect", "--json"])
+            .arg(image)
+            .output()
+            .unwrap(),
+        "inspect --json",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sv = &v["subvolumes"][0];
+    let ino = sv["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["dir"] == 1 && e["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in the root directory"))["ino"]
+        .as_u64()
+        .unwrap();
+    let inode = sv["inodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["ino"] == ino)
+        .unwrap();
+    inode["extents"][0]["physical"].as_u64().unwrap()
 }
 
 #[test]
