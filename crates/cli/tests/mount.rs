@@ -1,7 +1,9 @@
-//! `cowcrypt mkfs`, `mount`, `fsck` end to end against a real FUSE mount: what a person does with
-//! std::fs and shell tools, remounts, read-only mounts, SIGTERM, `umount` and `fusermount3 -u`.
+//! `cowcrypt mkfs`, `mount`, `fsck`, `inspect` end to end against a real FUSE mount: what a person
+//! does with std::fs and shell tools, remounts, read-only mounts, SIGTERM, SIGKILL, `umount` and
+//! `fusermount3 -u`, other users through allow_other, reflinks by `cp`, damaged images, many
+//! clients at once, and one-line errors for bad arguments.
 //!
-//! Needs root and /dev/fuse (and fusermount3 for its test). Without them each test says why and
+//! Needs root and /dev/fuse (and fusermount3 and setpriv for their tests). Without them each test says why and
 //! passes as skipped, except under CI=true where a missing requirement fails the test. Every mount
 //! is owned by a guard that unmounts it (lazily if it must) even when an assertion fails.
 
