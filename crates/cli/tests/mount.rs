@@ -1,7 +1,9 @@
-//! `cowcrypt mkfs`, `mount`, `fsck` end to end against a real FUSE mount: what a person does with
-//! std::fs and shell tools, remounts, read-only mounts, SIGTERM, `umount` and `fusermount3 -u`.
+//! `cowcrypt mkfs`, `mount`, `fsck`, `inspect` end to end against a real FUSE mount: what a person
+//! does with std::fs and shell tools, remounts, read-only mounts, SIGTERM, SIGKILL, `umount` and
+//! `fusermount3 -u`, other users through allow_other, reflinks by `cp`, damaged images, many
+//! clients at once, and one-line errors for bad arguments.
 //!
-//! Needs root and /dev/fuse (and fusermount3 for its test). Without them each test says why and
+//! Needs root and /dev/fuse (and fusermount3 and setpriv for their tests). Without them each test says why and
 //! passes as skipped, except under CI=true where a missing requirement fails the test. Every mount
 //! is owned by a guard that unmounts it (lazily if it must) even when an assertion fails.
 
@@ -544,6 +546,42 @@ fn large_files_and_reflink_auto_copy() {
     assert_eq!(fs::metadata(d.join("copy")).unwrap().len(), (48 << 20) + 4);
     m.unmount_with(&["umount"]);
     fsck_clean(&s.image);
+    // cp reached cowfs's copy_file_range, which reflinks aligned ranges: the copy's first
+    // extent is the original's, not a second copy of the data.
+    let (orig, copy) = (
+        first_extent(&s.image, "big"),
+        first_extent(&s.image, "copy"),
+    );
+    assert_eq!(orig, copy, "cp --reflink=auto did not share extents");
+}
+
+/// Physical address of the first data extent of root-directory file `name`, from inspect --json.
+fn first_extent(image: &Path, name: &str) -> u64 {
+    let out = ok(
+        cowcrypt()
+            .args(["inspect", "--json"])
+            .arg(image)
+            .output()
+            .unwrap(),
+        "inspect --json",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sv = &v["subvolumes"][0];
+    let ino = sv["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["dir"] == 1 && e["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in the root directory"))["ino"]
+        .as_u64()
+        .unwrap();
+    let inode = sv["inodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["ino"] == ino)
+        .unwrap();
+    inode["extents"][0]["physical"].as_u64().unwrap()
 }
 
 #[test]

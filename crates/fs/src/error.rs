@@ -49,6 +49,9 @@ pub enum Error {
     /// Encrypted data and no key to read it with (encryption arrives in a later issue).
     #[error("required key not available")]
     NoKey,
+    /// An earlier operation failed part way; no change is accepted until a remount.
+    #[error("filesystem stopped after an error ({0}); remount to recover")]
+    Stopped(String),
     /// An on-disk item failed its checks.
     #[error("corrupt item {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -83,7 +86,7 @@ impl Error {
             Error::NotSupported => libc::EOPNOTSUPP,
             Error::Loop => libc::ELOOP,
             Error::NoKey => libc::ENOKEY,
-            Error::Corrupt { .. } => libc::EIO,
+            Error::Corrupt { .. } | Error::Stopped(_) => libc::EIO,
             Error::Store(store::Error::NoSpace { .. }) => libc::ENOSPC,
             Error::Store(store::Error::ItemTooLarge { .. }) => libc::E2BIG,
             Error::Store(_) => libc::EIO,

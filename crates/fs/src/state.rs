@@ -177,9 +177,7 @@ impl State {
 
     /// Commits the open transaction if it changed anything. Durable on return.
     pub fn commit(&mut self) -> Result<()> {
-        if self.failed.is_some() {
-            return Err(Error::ReadOnly);
-        }
+        self.check_not_stopped()?;
         self.flush_all_data()?;
         if self.changes == self.committed_changes {
             return Ok(());
@@ -198,7 +196,8 @@ impl State {
     /// Refuses a change when the filesystem is read-only or has stopped taking changes, or when
     /// metadata space is so low that an operation could run out part way.
     pub fn writable(&mut self) -> Result<()> {
-        if self.opts.read_only || self.failed.is_some() {
+        self.check_not_stopped()?;
+        if self.opts.read_only {
             return Err(Error::ReadOnly);
         }
         let st = self.txn()?.stats();
@@ -210,10 +209,18 @@ impl State {
         Ok(())
     }
 
+    fn check_not_stopped(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(Error::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Like [`State::writable`] for removals (unlink, rmdir): they may use the store's metadata
     /// reserve, so a full filesystem can still be emptied.
     pub fn writable_for_delete(&mut self) -> Result<()> {
-        if self.opts.read_only || self.failed.is_some() {
+        self.check_not_stopped()?;
+        if self.opts.read_only {
             return Err(Error::ReadOnly);
         }
         self.txn()?.allow_reserve();

@@ -1116,3 +1116,30 @@ fn full_metadata_gives_enospc_and_deletes_still_work() {
     put(&fs, ROOT_INO, b"room again", b"yes", &c);
     assert_clean(&fs);
 }
+
+#[test]
+fn device_errors_stop_changes_and_keep_the_last_commit() {
+    use store::crash::FaultyDevice;
+    let base = new_dev(32 * MIB);
+    let mut image = vec![0u8; base.size() as usize];
+    base.read_at(&mut image, 0).unwrap();
+    let faulty = std::sync::Arc::new(FaultyDevice::new(store::MemDevice::from_bytes(image)));
+    let fs = Filesystem::open_device(faulty.clone(), &opts()).unwrap();
+    let c = root();
+    let kept = put(&fs, ROOT_INO, b"kept", b"committed", &c);
+    fs.sync().unwrap();
+    faulty.fail_after(0);
+    let (f, fh) = fs.create(ROOT_INO, b"lost", 0o644, rw(), &c).unwrap();
+    fs.write(f.ino, fh, 0, &pattern(10_000, 1), &c).unwrap();
+    assert_eq!(errno(fs.fsync(f.ino, fh, false)), libc::EIO);
+    // Nothing more is accepted; reads still work.
+    assert_eq!(errno(fs.mkdir(ROOT_INO, b"d", 0o755, &c)), libc::EIO);
+    assert_eq!(errno(fs.sync()), libc::EIO);
+    assert_eq!(content(&fs, kept), b"committed");
+    drop(fs);
+    faulty.heal();
+    let fs = Filesystem::open_device(faulty, &opts()).unwrap();
+    assert_eq!(content(&fs, kept), b"committed");
+    assert_eq!(errno(fs.lookup(ROOT_INO, b"lost", &c)), libc::ENOENT);
+    assert_clean(&fs);
+}

@@ -1,12 +1,13 @@
 //! The store: opening and creating a filesystem, write transactions, read views, commit, and
 //! shared tree blocks with lazy reference counts.
 //!
-//! One writer at a time (a mutex) and any number of readers. A reader holds the committed roots
-//! of one generation; blocks it may still read are not reused while it lives. A write transaction
-//! copies every node it changes to a new address ([`crate::btree`]) and holds those dirty nodes
-//! until commit. Commit writes them, flushes, writes the superblock copies, flushes again: a crash
-//! at any point leaves the previous generation intact, and space freed by the transaction becomes
-//! allocatable only after that.
+//! One writer at a time (a transaction takes the writer state and puts it back when it ends, so
+//! it may be owned and outlive a borrow) and any number of readers. A reader holds the committed
+//! roots of one generation; blocks it may still read are not reused while it lives. A write
+//! transaction copies every node it changes to a new address ([`crate::btree`]) and holds those
+//! dirty nodes until commit. Commit writes them, flushes, writes the superblock copies, flushes
+//! again: a crash at any point leaves the previous generation intact, and space freed by the
+//! transaction becomes allocatable only after that.
 //!
 //! Sharing follows Rodeh ("B-trees, Shadowing, and Clones", 2008). A snapshot is a new root item
 //! pointing at the same root node, whose reference count goes up by one. Counts live in the extent
