@@ -97,6 +97,9 @@ pub struct Config {
     pub strict: bool,
     /// Print a progress line to stderr every this many operations (0: never).
     pub progress_every: u64,
+    /// Workaround knob: fdatasync a file before each SEEK_DATA/SEEK_HOLE on it, for targets
+    /// whose seek misbehaves with unflushed data (draws nothing from the random stream).
+    pub sync_before_seek: bool,
 }
 
 impl Default for Config {
@@ -112,6 +115,7 @@ impl Default for Config {
             ops_enabled: OpSet::default(),
             strict: false,
             progress_every: 0,
+            sync_before_seek: false,
         }
     }
 }
@@ -768,6 +772,12 @@ impl Fsx {
             "SEEK_HOLE"
         };
         self.count(name);
+        if self.cfg.sync_before_seek {
+            self.log(format!("f{f} FDATASYNC (before seek)"));
+            target
+                .fsync(f, true)
+                .map_err(|e| self.fail(format!("fdatasync before seek of file {f}: {e}")))?;
+        }
         self.log(format!("f{f} {name} {offset:#x} (size {size:#x})"));
         let r = target.seek(f, offset, whence);
         if let Err(e) = &r

@@ -386,3 +386,22 @@ fn ignored_o_append_is_caught() {
     let f = run_faulty(Fault::AppendAtZero, 0);
     assert!(f.history.last().unwrap().contains("APPEND"), "{f}");
 }
+
+#[test]
+fn sync_before_seek_draws_nothing_from_the_random_stream() {
+    let run = |sync_before_seek| {
+        let mut t = MemTarget::new(3);
+        let c = Config {
+            sync_before_seek,
+            ..cfg(31, 3_000)
+        };
+        let r = Fsx::new(c).run(&mut t, None).unwrap();
+        let contents: Vec<Vec<u8>> = (0..3).map(|i| t.contents(i).to_vec()).collect();
+        (r, contents)
+    };
+    let (a, ca) = run(false);
+    let (b, cb) = run(true);
+    assert_eq!(a, b);
+    assert_eq!(ca, cb);
+    assert!(a.counts["SEEK_DATA"] > 0);
+}

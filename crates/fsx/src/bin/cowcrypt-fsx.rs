@@ -66,6 +66,10 @@ struct Args {
     /// No SEEK_DATA/SEEK_HOLE checks.
     #[arg(long)]
     no_seek: bool,
+    /// fdatasync before every SEEK_DATA/SEEK_HOLE (works around seeks that misbehave with
+    /// unflushed data).
+    #[arg(long)]
+    sync_before_seek: bool,
     /// No reads and writes through mmap.
     #[arg(long)]
     no_mmap: bool,
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         },
         strict: a.strict,
         progress_every: a.progress,
+        sync_before_seek: a.sync_before_seek,
     };
     eprintln!(
         "cowcrypt-fsx: seed {seed}, {} ops on {}",
