@@ -940,6 +940,18 @@ fn kernel_lookups_keep_unlinked_inodes_until_forgotten() {
     assert_eq!(content(&fs, f), b"kept");
     fs.forget(f, 1);
     assert_eq!(errno(fs.getattr(f)), libc::ENOENT);
+    // readdirplus counts a lookup for every entry but "." and "..".
+    let g = put(&fs, ROOT_INO, b"g", b"", &c);
+    fs.forget(g, 1);
+    let dh = fs.opendir(ROOT_INO, &c).unwrap();
+    let es = fs.readdirplus(ROOT_INO, dh, 0, 10).unwrap();
+    fs.releasedir(ROOT_INO, dh).unwrap();
+    assert_eq!(es.len(), 3);
+    assert_eq!((es[2].0.ino, es[2].1.size), (g, 0));
+    fs.unlink(ROOT_INO, b"g", &c).unwrap();
+    assert!(fs.getattr(g).is_ok(), "kept by the readdirplus lookup");
+    fs.forget(g, 1);
+    assert_eq!(errno(fs.getattr(g)), libc::ENOENT);
     assert_clean(&fs);
 }
 
