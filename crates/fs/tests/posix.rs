@@ -276,6 +276,10 @@ fn hard_links_symlinks_and_special_files() {
         .mknod(ROOT_INO, b"fifo", libc::S_IFIFO | 0o640, 0, &c)
         .unwrap();
     assert_eq!((fifo.kind, fifo.perm), (FileKind::Fifo, 0o640));
+    let fh = fs.open(fifo.ino, rw(), &c).unwrap();
+    assert_eq!(errno(fs.write(fifo.ino, fh, 0, b"x", &c)), libc::EINVAL);
+    assert_eq!(errno(fs.read(fifo.ino, fh, 0, 1)), libc::EINVAL);
+    fs.release(fifo.ino, fh).unwrap();
     let sock = fs
         .mknod(ROOT_INO, b"sock", libc::S_IFSOCK | 0o600, 0, &c)
         .unwrap();
