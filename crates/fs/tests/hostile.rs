@@ -20,12 +20,11 @@ fn populate(fs: &Filesystem) {
     fs.setxattr(f, b"user.x", b"value", 0, &c).unwrap();
     fs.mknod(ROOT_INO, b"fifo", libc::S_IFIFO | 0o644, 0, &c)
         .unwrap();
+    // The handle is never released: the image keeps an orphan item.
     let (o, fh) = fs.create(ROOT_INO, b"open", 0o644, rw(), &c).unwrap();
     fs.write(o.ino, fh, 0, b"orphan", &c).unwrap();
     fs.unlink(ROOT_INO, b"open", &c).unwrap();
     fs.sync().unwrap();
-    // The handle stays open: the image keeps an orphan item.
-    std::mem::forget(fh);
 }
 
 /// Damages one item value: flip bits, cut it short, or grow it.
