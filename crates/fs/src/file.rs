@@ -200,6 +200,10 @@ impl State {
             return Err(Error::BadHandle);
         }
         let mut it = self.inode(obj)?;
+        if it.kind != FileKind::File {
+            // FIFOs and devices are served by the kernel, never through file data.
+            return Err(Error::Invalid("read of a special file"));
+        }
         let data = self.read_data(obj, &it, offset, u64::from(size))?;
         // relatime: record an access once after each change, or once a day.
         let now = Timespec::now();
@@ -228,6 +232,9 @@ impl State {
         let len = u32::try_from(data.len()).map_err(|_| Error::Invalid("write too large"))?;
         self.writable()?;
         let mut it = self.inode(obj)?;
+        if it.kind != FileKind::File {
+            return Err(Error::Invalid("write to a special file"));
+        }
         let offset = if h.flags.append() { it.size } else { offset };
         self.write_data(obj, &mut it, offset, data)?;
         let now = Timespec::now();

@@ -68,7 +68,8 @@ pub struct ExtentInfo {
 
 impl State {
     pub(crate) fn inspect(&mut self) -> Result<Inspection> {
-        let generation = self.txn()?.generation().saturating_sub(1);
+        // The committed generation: what is on disk (changes not yet committed show too).
+        let generation = self.store().generation();
         let all = self.items(Key::MIN, Key::MAX)?;
         let mut sv = SubvolumeInfo {
             id: 0,

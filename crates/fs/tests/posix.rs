@@ -276,6 +276,10 @@ fn hard_links_symlinks_and_special_files() {
         .mknod(ROOT_INO, b"fifo", libc::S_IFIFO | 0o640, 0, &c)
         .unwrap();
     assert_eq!((fifo.kind, fifo.perm), (FileKind::Fifo, 0o640));
+    let fh = fs.open(fifo.ino, rw(), &c).unwrap();
+    assert_eq!(errno(fs.write(fifo.ino, fh, 0, b"x", &c)), libc::EINVAL);
+    assert_eq!(errno(fs.read(fifo.ino, fh, 0, 1)), libc::EINVAL);
+    fs.release(fifo.ino, fh).unwrap();
     let sock = fs
         .mknod(ROOT_INO, b"sock", libc::S_IFSOCK | 0o600, 0, &c)
         .unwrap();
@@ -940,6 +944,18 @@ fn kernel_lookups_keep_unlinked_inodes_until_forgotten() {
     assert_eq!(content(&fs, f), b"kept");
     fs.forget(f, 1);
     assert_eq!(errno(fs.getattr(f)), libc::ENOENT);
+    // readdirplus counts a lookup for every entry but "." and "..".
+    let g = put(&fs, ROOT_INO, b"g", b"", &c);
+    fs.forget(g, 1);
+    let dh = fs.opendir(ROOT_INO, &c).unwrap();
+    let es = fs.readdirplus(ROOT_INO, dh, 0, 10).unwrap();
+    fs.releasedir(ROOT_INO, dh).unwrap();
+    assert_eq!(es.len(), 3);
+    assert_eq!((es[2].0.ino, es[2].1.size), (g, 0));
+    fs.unlink(ROOT_INO, b"g", &c).unwrap();
+    assert!(fs.getattr(g).is_ok(), "kept by the readdirplus lookup");
+    fs.forget(g, 1);
+    assert_eq!(errno(fs.getattr(g)), libc::ENOENT);
     assert_clean(&fs);
 }
 
