@@ -29,18 +29,35 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-#[test]
-fn fsx_on_a_cowcrypt_mount_with_remounts_then_fsck_clean() {
-    if !mount_tests_can_run("fsx_on_a_cowcrypt_mount") {
-        return;
+/// The configuration both runs share: strict (cowcrypt implements every fallocate mode and
+/// copy_file_range, so EOPNOTSUPP is a bug), with the workarounds for the known bugs.
+fn mount_config(seed: u64, ops: u64) -> Config {
+    Config {
+        seed: env_u64("FSX_SEED", seed),
+        ops: env_u64("FSX_OPS", ops),
+        history: 40,
+        strict: true,
+        progress_every: 5_000,
+        // Seeks stay in, each after an fdatasync while the ENXIO bug is open (it needs
+        // unflushed data).
+        sync_before_seek: KNOWN_BUG_SEEK_DATA_ENXIO,
+        ops_enabled: OpSet {
+            copy_file_range: !KNOWN_BUG_REFLINK_TAIL,
+            ..OpSet::default()
+        },
+        ..Config::default()
     }
-    if !binary_can_mount(
-        Path::new(env!("CARGO_BIN_EXE_cowcrypt")),
-        "fsx_on_a_cowcrypt_mount",
-    ) {
+}
+
+/// mkfs, mount, run `cfg` with a real unmount/mount as the remount hook, unmount, fsck clean.
+fn fsx_on_cowcrypt(test: &str, cfg: Config) {
+    if !mount_tests_can_run(test) {
         return;
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
+    if !binary_can_mount(bin, test) {
+        return;
+    }
     let tmp = tempfile::Builder::new()
         .prefix("cowcrypt-fsx.")
         .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
@@ -51,29 +68,9 @@ fn fsx_on_a_cowcrypt_mount_with_remounts_then_fsck_clean() {
 
     CowcryptMount::mkfs(bin, &image, "2G").expect("mkfs");
     let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
-
-    let cfg = Config {
-        seed: env_u64("FSX_SEED", 0x00c0_ffee),
-        ops: env_u64("FSX_OPS", 20_000),
-        files: 4,
-        max_file_size: 4 << 20,
-        max_op_len: 512 << 10,
-        remount_every: 4_000,
-        history: 40,
-        // cowcrypt implements every fallocate mode and copy_file_range: EOPNOTSUPP is a bug.
-        strict: true,
-        progress_every: 5_000,
-        // Seeks stay in, each after an fdatasync while the ENXIO bug is open (it needs
-        // unflushed data).
-        sync_before_seek: KNOWN_BUG_SEEK_DATA_ENXIO,
-        ops_enabled: OpSet {
-            copy_file_range: !KNOWN_BUG_REFLINK_TAIL,
-            ..OpSet::default()
-        },
-    };
     eprintln!(
-        "fsx on cowcrypt: seed {:#x}, {} ops, remount every {}",
-        cfg.seed, cfg.ops, cfg.remount_every
+        "{test}: seed {:#x}, {} ops, {} files up to {} bytes, remount every {}",
+        cfg.seed, cfg.ops, cfg.files, cfg.max_file_size, cfg.remount_every
     );
     let expected_remounts = cfg.ops / cfg.remount_every;
     let mut target = DirTarget::new(&dir, cfg.files);
@@ -91,6 +88,37 @@ fn fsx_on_a_cowcrypt_mount_with_remounts_then_fsck_clean() {
     let out = CowcryptMount::fsck(bin, &image)
         .unwrap_or_else(|e| panic!("fsck after fsx found faults: {e}"));
     eprintln!("fsck: {}", String::from_utf8_lossy(&out.stdout).trim());
+}
+
+/// 20,000 operations on 4 files of up to 4 MiB, remounting every 4,000.
+#[test]
+fn fsx_on_a_cowcrypt_mount_with_remounts_then_fsck_clean() {
+    fsx_on_cowcrypt(
+        "fsx_on_a_cowcrypt_mount",
+        Config {
+            files: 4,
+            max_file_size: 4 << 20,
+            max_op_len: 512 << 10,
+            remount_every: 4_000,
+            ..mount_config(0x00c0_ffee, 20_000)
+        },
+    );
+}
+
+/// Fewer, larger operations on one file of up to 64 MiB (extents split, merged and shared at
+/// scale), remounting every 1,500.
+#[test]
+fn fsx_large_file_on_a_cowcrypt_mount() {
+    fsx_on_cowcrypt(
+        "fsx_large_file_on_a_cowcrypt_mount",
+        Config {
+            files: 1,
+            max_file_size: 64 << 20,
+            max_op_len: 8 << 20,
+            remount_every: 1_500,
+            ..mount_config(0x0b16_f11e, 6_000)
+        },
+    );
 }
 
 #[test]
