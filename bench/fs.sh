@@ -60,8 +60,9 @@ cleanup() {
     cleanup_mounts
     rm -rf "$WORK"
 }
+CHILD=
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap '[ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null; exit 130' INT TERM
 RAW=$WORK/raw
 mkdir -p "$RAW"
 
@@ -98,8 +99,13 @@ setup_fs() {
 run_fio() {
     local name=$1 file=$2
     shift 2
+    # In the background and waited for, so Ctrl-C or TERM cleans up at once (bash runs traps
+    # only after a foreground child ends).
     fio --name="$name" --filename="$file" --ioengine=psync --numjobs=1 --fallocate=none \
-        --output-format=json --output="$RAW/$name.json" "$@" >/dev/null
+        --output-format=json --output="$RAW/$name.json" "$@" >/dev/null &
+    CHILD=$!
+    wait "$CHILD"
+    CHILD=
 }
 
 # Prints one fio result from $RAW/$1.json: $2 is read or write, $3 is bw (MiB/s) or iops.

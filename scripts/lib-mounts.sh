@@ -70,7 +70,14 @@ _fuse_abort() {
 umount_one() {
     local dir=$1 pid=${_OUR_PIDS[$1]:-} i
     if mountpoint -q "$dir"; then
-        if ! { fusermount3 -u "$dir" 2>/dev/null || umount "$dir" 2>/dev/null; }; then
+        # A filesystem stacked on this one may take a moment to let go (gocryptfs's daemon
+        # exits after its own unmount): retry for up to 5 s before anything drastic.
+        for ((i = 0; i < 50; i++)); do
+            fusermount3 -u "$dir" 2>/dev/null || umount "$dir" 2>/dev/null || true
+            mountpoint -q "$dir" || break
+            sleep 0.1
+        done
+        if mountpoint -q "$dir"; then
             log "unmount of $dir failed; aborting the connection and detaching lazily"
             _fuse_abort "$dir"
             umount -l "$dir" 2>/dev/null || true
