@@ -90,6 +90,51 @@ fn fsx_on_cowcrypt(test: &str, cfg: Config) {
     eprintln!("fsck: {}", String::from_utf8_lossy(&out.stdout).trim());
 }
 
+/// SIGKILL the daemon every 400 operations (after fsyncing a random half of the files): the
+/// image must mount again, every fsync'd and unchanged file must read back exactly, and fsck
+/// must be clean at the end.
+#[test]
+fn fsx_with_daemon_crashes_on_a_cowcrypt_mount() {
+    let test = "fsx_with_daemon_crashes_on_a_cowcrypt_mount";
+    if !mount_tests_can_run(test) {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
+    if !binary_can_mount(bin, test) {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("cowcrypt-crash.")
+        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
+        .expect("scratch dir");
+    let image = tmp.path().join("crash.img");
+    let dir = tmp.path().join("mnt");
+    CowcryptMount::mkfs(bin, &image, "2G").expect("mkfs");
+    let mut mount =
+        CowcryptMount::mount(bin, &image, &dir, &tmp.path().join("daemon.log")).expect("mount");
+    let cfg = Config {
+        files: 4,
+        max_file_size: 2 << 20,
+        max_op_len: 256 << 10,
+        crash_every: 400,
+        ..mount_config(0x0c4a_54ed, 4_000)
+    };
+    let mut target = DirTarget::new(&dir, cfg.files);
+    let mut crash = || mount.crash_and_remount();
+    let result = Fsx::new(cfg).run_with_crashes(&mut target, None, Some(&mut crash));
+    let daemon_log = mount.log_text();
+    mount.unmount().expect("unmount");
+    match result {
+        Ok(report) => {
+            eprintln!("{report}");
+            assert_eq!(report.crashes, 10, "{report}");
+            assert!(report.crash_checked_files > 0, "{report}");
+        }
+        Err(failure) => panic!("{failure}\n--- daemon log ---\n{daemon_log}"),
+    }
+    CowcryptMount::fsck(bin, &image).unwrap_or_else(|e| panic!("fsck after crashes: {e}"));
+}
+
 /// 20,000 operations on 4 files of up to 4 MiB, remounting every 4,000.
 #[test]
 fn fsx_on_a_cowcrypt_mount_with_remounts_then_fsck_clean() {

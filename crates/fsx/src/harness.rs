@@ -207,6 +207,20 @@ impl CowcryptMount {
         self.start()
     }
 
+    /// SIGKILL the daemon (nothing more reaches the image), clear the dead mount, then mount
+    /// the image again: a crash at an arbitrary point, as far as the image can tell.
+    pub fn crash_and_remount(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.daemon.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        if is_mount_point(&self.dir)? {
+            run(Command::new("umount").arg(&self.dir))
+                .or_else(|_| run(Command::new("umount").arg("-l").arg(&self.dir)))?;
+        }
+        self.start()
+    }
+
     /// Last resort: abort the FUSE connection, detach lazily, kill the daemon.
     fn stop_hard(&mut self) {
         if is_mount_point(&self.dir).unwrap_or(false) {

@@ -97,6 +97,8 @@ pub struct Config {
     pub strict: bool,
     /// Print a progress line to stderr every this many operations (0: never).
     pub progress_every: u64,
+    /// Call the crash hook every this many operations (0: never); see [`Fsx::run_with_crashes`].
+    pub crash_every: u64,
     /// Workaround knob: fdatasync a file before each SEEK_DATA/SEEK_HOLE on it, for targets
     /// whose seek misbehaves with unflushed data (draws nothing from the random stream).
     pub sync_before_seek: bool,
@@ -116,6 +118,7 @@ impl Default for Config {
             strict: false,
             progress_every: 0,
             sync_before_seek: false,
+            crash_every: 0,
         }
     }
 }
@@ -141,6 +144,10 @@ pub struct Report {
     pub unsupported: BTreeSet<String>,
     /// copy_file_range calls that copied fewer bytes than were available.
     pub short_copies: u64,
+    /// Times the crash hook ran.
+    pub crashes: u64,
+    /// Files found intact after a crash because they had been fsync'd and not changed since.
+    pub crash_checked_files: u64,
 }
 
 impl fmt::Display for Report {
@@ -161,6 +168,13 @@ impl fmt::Display for Report {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         write!(f, "  ops: {}", counts.join(" "))?;
+        if self.crashes > 0 {
+            write!(
+                f,
+                "\n  crashes: {} ({} fsync'd, unchanged files verified intact)",
+                self.crashes, self.crash_checked_files
+            )?;
+        }
         if self.short_copies > 0 {
             write!(
                 f,
@@ -227,6 +241,10 @@ pub struct Fsx {
     report: Report,
     falloc_modes: Vec<FallocMode>,
     copy_enabled: bool,
+    /// Per file: its contents at the last fsync, or after the last remount or crash.
+    synced: Vec<Option<Vec<u8>>>,
+    /// Per file: changed since `synced` was taken.
+    dirty: Vec<bool>,
 }
 
 fn errno(e: &io::Error) -> i32 {
@@ -266,6 +284,8 @@ impl Fsx {
             rng,
             falloc_modes,
             copy_enabled,
+            synced: vec![None; cfg.files],
+            dirty: vec![true; cfg.files],
             cfg,
         }
     }
@@ -274,11 +294,25 @@ impl Fsx {
     /// every `remount_every` operations. Files are created empty first; a full compare ends
     /// the run. Every file is closed on return, whatever the outcome.
     pub fn run(
+        self,
+        target: &mut dyn Target,
+        remount: Option<RemountHook<'_>>,
+    ) -> Result<Report, Failure> {
+        self.run_with_crashes(target, remount, None)
+    }
+
+    /// [`Fsx::run`], and every `crash_every` operations: fsync a random half of the files,
+    /// close everything, call `crash` (which must lose whatever the filesystem had not made
+    /// durable, for example by SIGKILLing a FUSE daemon, then mount again), and check that
+    /// every file fsync'd and not changed since reads back exactly. Files changed since their
+    /// last fsync may hold any mix of old and new data; the model adopts what they hold.
+    pub fn run_with_crashes(
         mut self,
         target: &mut dyn Target,
         mut remount: Option<RemountHook<'_>>,
+        mut crash: Option<RemountHook<'_>>,
     ) -> Result<Report, Failure> {
-        let result = self.run_inner(target, &mut remount);
+        let result = self.run_inner(target, &mut remount, &mut crash);
         for i in 0..self.cfg.files {
             target.close(i);
         }
@@ -289,6 +323,7 @@ impl Fsx {
         &mut self,
         target: &mut dyn Target,
         remount: &mut Option<RemountHook<'_>>,
+        crash: &mut Option<RemountHook<'_>>,
     ) -> Result<(), Failure> {
         if self.cfg.files == 0 {
             return Err(self.fail("configuration has no files".into()));
@@ -306,6 +341,9 @@ impl Fsx {
             self.one_op(target)?;
             if self.cfg.remount_every > 0 && self.op.is_multiple_of(self.cfg.remount_every) {
                 self.remount(target, remount)?;
+            }
+            if self.cfg.crash_every > 0 && self.op.is_multiple_of(self.cfg.crash_every) {
+                self.crash(target, crash)?;
             }
             if self.cfg.progress_every > 0 && self.op.is_multiple_of(self.cfg.progress_every) {
                 eprintln!(
@@ -505,7 +543,90 @@ impl Fsx {
                 .open(i, false)
                 .map_err(|e| self.fail(format!("reopening file {i} after remount: {e}")))?;
         }
-        self.full_compare(target, "compare after remount")
+        self.full_compare(target, "compare after remount")?;
+        // A clean unmount makes everything durable.
+        for f in 0..self.cfg.files {
+            self.synced[f] = Some(self.model[f].clone());
+            self.dirty[f] = false;
+        }
+        Ok(())
+    }
+
+    fn crash(
+        &mut self,
+        target: &mut dyn Target,
+        crash: &mut Option<RemountHook<'_>>,
+    ) -> Result<(), Failure> {
+        let Some(hook) = crash.as_mut() else {
+            return Ok(());
+        };
+        let mut synced_now = Vec::new();
+        for f in 0..self.cfg.files {
+            if self.rng.chance(1, 2) {
+                target
+                    .fsync(f, false)
+                    .map_err(|e| self.fail(format!("fsync of file {f} before crash: {e}")))?;
+                self.synced[f] = Some(self.model[f].clone());
+                self.dirty[f] = false;
+                synced_now.push(f);
+            }
+        }
+        self.log(format!("CRASH (just fsync'd: {synced_now:?})"));
+        for i in 0..self.cfg.files {
+            target.close(i);
+        }
+        hook().map_err(|e| self.fail(format!("crash hook failed: {e}")))?;
+        self.report.crashes += 1;
+        for i in 0..self.cfg.files {
+            target
+                .open(i, false)
+                .map_err(|e| self.fail(format!("reopening file {i} after crash: {e}")))?;
+        }
+        for f in 0..self.cfg.files {
+            if !self.dirty[f] && self.synced[f].is_some() {
+                self.check_size(target, f).map_err(|e| Failure {
+                    message: format!("fsync'd, unchanged file after crash: {}", e.message),
+                    ..e
+                })?;
+                let size = self.size_of(f);
+                let mut off = 0;
+                while off < size {
+                    let len = COMPARE_CHUNK.min(size - off);
+                    self.compare_range(target, f, off, len, "fsync'd, unchanged file after crash")?;
+                    off += len;
+                }
+                self.report.crash_checked_files += 1;
+            } else {
+                self.adopt(target, f)?;
+            }
+            self.synced[f] = Some(self.model[f].clone());
+            self.dirty[f] = false;
+        }
+        Ok(())
+    }
+
+    /// Takes file `f`'s contents as they are now as the model (after a crash lost an unknown
+    /// part of its unsynced changes).
+    fn adopt(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {
+        let size = target
+            .size(f)
+            .map_err(|e| self.fail(format!("fstat of file {f} after crash: {e}")))?;
+        if size > self.cfg.max_file_size {
+            return Err(self.fail(format!(
+                "file {f} is {size:#x} bytes after crash, more than it ever held"
+            )));
+        }
+        let mut data = vec![0u8; size as usize];
+        let n = target
+            .pread(f, 0, &mut data)
+            .map_err(|e| self.fail(format!("reading file {f} after crash: {e}")))?;
+        if n as u64 != size {
+            return Err(self.fail(format!(
+                "file {f} after crash: size {size:#x} but only {n:#x} bytes read"
+            )));
+        }
+        self.model[f] = data;
+        Ok(())
     }
 
     fn op_read(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {
@@ -521,6 +642,7 @@ impl Fsx {
 
     fn op_write(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {
         self.count("write");
+        self.dirty[f] = true;
         let offset = self.pick_offset(f);
         let len = self.pick_len();
         let (offset, len) = self.clamp_range(offset, len);
@@ -578,6 +700,7 @@ impl Fsx {
     /// Like classic fsx: a mapped write past the end first extends the file with ftruncate.
     fn op_map_write(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {
         self.count("mapwrite");
+        self.dirty[f] = true;
         let offset = self.pick_offset(f);
         let len = self.pick_len();
         let (offset, len) = self.clamp_range(offset, len);
@@ -610,6 +733,7 @@ impl Fsx {
             return self.op_truncate(target, f);
         }
         self.count("append");
+        self.dirty[f] = true;
         let len = self.pick_len().min(room);
         let mut data = vec![0u8; len as usize];
         self.rng.fill_nonzero(&mut data);
@@ -634,6 +758,7 @@ impl Fsx {
 
     fn op_truncate(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {
         self.count("truncate");
+        self.dirty[f] = true;
         let size = self.size_of(f);
         let mut new = if self.rng.chance(1, 2) {
             self.rng.below(size + 1)
@@ -655,6 +780,7 @@ impl Fsx {
         let idx = self.rng.below(self.falloc_modes.len() as u64) as usize;
         let mode = self.falloc_modes[idx];
         self.count(mode.name());
+        self.dirty[f] = true;
         let offset = self.pick_offset(f);
         let len = self.pick_len();
         let (offset, len) = self.clamp_range(offset, len);
@@ -694,6 +820,7 @@ impl Fsx {
     fn op_copy(&mut self, target: &mut dyn Target, src: usize) -> Result<(), Failure> {
         self.count("copy_file_range");
         let dst = self.rng.below(self.cfg.files as u64) as usize;
+        self.dirty[dst] = true;
         let src_size = self.size_of(src);
         let src_off = if src_size > 0 && self.rng.chance(7, 8) {
             if self.rng.chance(1, 3) {
@@ -843,7 +970,10 @@ impl Fsx {
         self.log(format!("f{f} {}", name.to_uppercase()));
         target
             .fsync(f, datasync)
-            .map_err(|e| self.fail(format!("{name} of file {f}: {e}")))
+            .map_err(|e| self.fail(format!("{name} of file {f}: {e}")))?;
+        self.synced[f] = Some(self.model[f].clone());
+        self.dirty[f] = false;
+        Ok(())
     }
 
     fn op_reopen(&mut self, target: &mut dyn Target, f: usize) -> Result<(), Failure> {

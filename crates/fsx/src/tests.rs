@@ -405,3 +405,119 @@ fn sync_before_seek_draws_nothing_from_the_random_stream() {
     assert_eq!(ca, cb);
     assert!(a.counts["SEEK_DATA"] > 0);
 }
+
+/// A memory target with real crash semantics: each file has a durable copy taken at fsync;
+/// a crash brings every file back to it. `broken_fsync` ignores fsync of file 0.
+struct CrashMem {
+    inner: MemTarget,
+    durable: Vec<Vec<u8>>,
+    crashed: Rc<Cell<bool>>,
+    broken_fsync: bool,
+}
+
+impl CrashMem {
+    fn new(files: usize, broken_fsync: bool) -> CrashMem {
+        CrashMem {
+            inner: MemTarget::new(files),
+            durable: vec![Vec::new(); files],
+            crashed: Rc::new(Cell::new(false)),
+            broken_fsync,
+        }
+    }
+}
+
+impl Target for CrashMem {
+    fn open(&mut self, file: usize, create: bool) -> io::Result<()> {
+        if self.crashed.replace(false) {
+            for (i, d) in self.durable.iter().enumerate() {
+                if let Some(m) = self.inner.contents_mut(i) {
+                    *m = d.clone();
+                }
+            }
+        }
+        self.inner.open(file, create)
+    }
+    fn close(&mut self, file: usize) {
+        self.inner.close(file)
+    }
+    fn pwrite(&mut self, file: usize, offset: u64, data: &[u8]) -> io::Result<usize> {
+        self.inner.pwrite(file, offset, data)
+    }
+    fn pread(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.pread(file, offset, buf)
+    }
+    fn size(&mut self, file: usize) -> io::Result<u64> {
+        self.inner.size(file)
+    }
+    fn truncate(&mut self, file: usize, len: u64) -> io::Result<()> {
+        self.inner.truncate(file, len)
+    }
+    fn fallocate(
+        &mut self,
+        file: usize,
+        mode: FallocMode,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        self.inner.fallocate(file, mode, offset, len)
+    }
+    fn copy_file_range(
+        &mut self,
+        src: usize,
+        src_offset: u64,
+        dst: usize,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<u64> {
+        self.inner
+            .copy_file_range(src, src_offset, dst, dst_offset, len)
+    }
+    fn seek(&mut self, file: usize, offset: u64, whence: Whence) -> io::Result<u64> {
+        self.inner.seek(file, offset, whence)
+    }
+    fn fsync(&mut self, file: usize, datasync: bool) -> io::Result<()> {
+        self.inner.fsync(file, datasync)?;
+        if !(self.broken_fsync && file == 0) {
+            self.durable[file] = self.inner.contents(file).to_vec();
+        }
+        Ok(())
+    }
+    fn append(&mut self, file: usize, data: &[u8]) -> io::Result<u64> {
+        self.inner.append(file, data)
+    }
+    fn map_read(&mut self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.map_read(file, offset, buf)
+    }
+    fn map_write(&mut self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.inner.map_write(file, offset, data)
+    }
+}
+
+fn crash_run(broken_fsync: bool) -> Result<Report, Failure> {
+    let mut t = CrashMem::new(3, broken_fsync);
+    let flag = t.crashed.clone();
+    let mut crash = move || {
+        flag.set(true);
+        Ok(())
+    };
+    let c = Config {
+        crash_every: 250,
+        ..cfg(21, 5_000)
+    };
+    Fsx::new(c).run_with_crashes(&mut t, None, Some(&mut crash))
+}
+
+#[test]
+fn crashes_that_keep_fsynced_data_pass() {
+    let r = crash_run(false).unwrap();
+    assert_eq!(r.crashes, 20);
+    assert!(r.crash_checked_files >= 20, "{r:?}");
+}
+
+#[test]
+fn an_fsync_that_is_not_durable_is_caught_after_a_crash() {
+    let f = crash_run(true).unwrap_err();
+    assert!(f.message.contains("after crash"), "{f}");
+    assert!(f.message.contains("file 0"), "{f}");
+    assert!(f.history.iter().any(|h| h.contains("CRASH")), "{f}");
+}

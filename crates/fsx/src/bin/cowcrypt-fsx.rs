@@ -45,6 +45,13 @@ struct Args {
     /// Shell command that unmounts and mounts the directory again.
     #[arg(long)]
     remount_cmd: Option<String>,
+    /// Run --crash-cmd (with all files closed) every K operations; files fsync'd and unchanged
+    /// since must read back exactly afterwards.
+    #[arg(long, default_value_t = 0)]
+    crash_every: u64,
+    /// Shell command that crashes the filesystem (e.g. kill -9 its daemon) and mounts it again.
+    #[arg(long)]
+    crash_cmd: Option<String>,
     /// Operations shown on failure.
     #[arg(long, default_value_t = 40)]
     history: usize,
@@ -92,6 +99,10 @@ fn main() -> ExitCode {
         eprintln!("cowcrypt-fsx: --remount-every needs --remount-cmd");
         return ExitCode::from(2);
     }
+    if a.crash_every > 0 && a.crash_cmd.is_none() {
+        eprintln!("cowcrypt-fsx: --crash-every needs --crash-cmd");
+        return ExitCode::from(2);
+    }
     let mut fallocate: BTreeSet<FallocMode> = FallocMode::ALL.into_iter().collect();
     if a.no_fallocate {
         fallocate.clear();
@@ -122,6 +133,7 @@ fn main() -> ExitCode {
         strict: a.strict,
         progress_every: a.progress,
         sync_before_seek: a.sync_before_seek,
+        crash_every: a.crash_every,
     };
     eprintln!(
         "cowcrypt-fsx: seed {seed}, {} ops on {}",
@@ -129,19 +141,9 @@ fn main() -> ExitCode {
         a.dir.display()
     );
     let mut target = DirTarget::new(&a.dir, a.files);
-    let cmd = a.remount_cmd.clone();
-    let mut hook = move || -> io::Result<()> {
-        let Some(cmd) = &cmd else { return Ok(()) };
-        let status = Command::new("sh").arg("-c").arg(cmd).status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "remount command {cmd:?} failed: {status}"
-            )))
-        }
-    };
-    match Fsx::new(cfg).run(&mut target, Some(&mut hook)) {
+    let mut remount = shell_hook(a.remount_cmd.clone());
+    let mut crash = shell_hook(a.crash_cmd.clone());
+    match Fsx::new(cfg).run_with_crashes(&mut target, Some(&mut remount), Some(&mut crash)) {
         Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
@@ -149,6 +151,21 @@ fn main() -> ExitCode {
         Err(failure) => {
             eprintln!("{failure}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A hook running `cmd` with `sh -c` (a no-op when there is none).
+fn shell_hook(cmd: Option<String>) -> impl FnMut() -> io::Result<()> {
+    move || {
+        let Some(cmd) = &cmd else { return Ok(()) };
+        let status = Command::new("sh").arg("-c").arg(cmd).status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "command {cmd:?} failed: {status}"
+            )))
         }
     }
 }
