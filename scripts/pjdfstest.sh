@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
         --fs) FS=$2; shift 2 ;;
         --results) RESULTS=$2; shift 2 ;;
         --known) KNOWN=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 0 ;;
         *) PATTERNS+=("$1"); shift ;;
     esac
 done
