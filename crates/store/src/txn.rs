@@ -17,8 +17,10 @@
 //! recurses into itself; only subvolume trees are ever shared, so the store's own trees never
 //! produce count changes.
 
+mod drop;
 mod extent;
 
+pub use drop::{DROP_ITEM_SIZE, DROP_ITEM_VERSION, DropProgress, PendingDeletion};
 pub use extent::{DataExtent, DataRefOwner, DataRefs, EXTENT_FLAG_DATA, ItemDataRef, owner_hash};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -350,6 +352,12 @@ impl Store {
         let mut roots = BTreeMap::new();
         for item in btree::range(&r, &sb.root_tree, Bound::Unbounded, Bound::Unbounded)? {
             let (key, value) = item?;
+            if drop::is_drop_key(&key) {
+                // A tree being dropped in the background: checked now, resumed by later
+                // transactions.
+                drop::DropItem::decode(&key, &value)?;
+                continue;
+            }
             if key.item_type != item_type::ROOT_ITEM || key.offset != 0 {
                 return Err(Error::Corrupt(format!("root tree holds item {key:?}")));
             }
@@ -1235,6 +1243,8 @@ impl ReadTxn {
                 )));
             }
         }
+        // Trees dropped in the background still hold what they have not released.
+        self.count_drop_refs(&mut refs, &mut leaves)?;
         report.nodes = refs.len() as u64;
         report.shared_nodes = refs.values().filter(|&&c| c > 1).count() as u64;
         // Stored counts against recomputed ones.
