@@ -1,17 +1,19 @@
 //! The store's B-tree against redb, in one process, doing the same work with the same
 //! durability: random inserts of 16-byte keys and 100-byte values with a durable commit every
-//! 10k operations, then random point lookups, then range scans. Both use a file in the same
-//! temporary directory and a node/page cache of the same bound.
+//! 10k operations (the store's commit flushes; redb commits with `Durability::Immediate`), then
+//! random point lookups, then range scans of 100 items. Both use a file in the same directory
+//! under the target directory (on the build's disk, not tmpfs) and a node/page cache of the same
+//! bound; the store's cache bounds its decoded nodes' memory in bytes, printed at the end.
 //!
 //! `cargo bench -p cowcrypt-store --bench btree_vs_redb`; `COWCRYPT_BENCH_OPS` sets the number
 //! of operations per phase (default 1,000,000), `COWCRYPT_BENCH_NODE` the store's node size
-//! (default 4096, redb's page size, so both read and write the same unit; the filesystem's
-//! default of 16 KiB trades point-lookup speed on a cold cache for fewer, larger nodes).
+//! (default 16384, the filesystem's default), `COWCRYPT_BENCH_ONLY` (`store` or `redb`) runs one
+//! side only, for profiling.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use store::crash::SplitMix64;
 use store::{FileDevice, Key, MkfsOptions, Store};
 
@@ -111,7 +113,11 @@ fn bench_store(dir: &std::path::Path, keys: &[[u8; 16]], value: &[u8], node: u32
         }
     }
     let scan = items as f64 / start.elapsed().as_secs_f64();
-    eprintln!("store: cache holds {} MiB", store.cache_bytes() >> 20);
+    println!(
+        "store: node cache holds {} bytes of decoded nodes (bound {CACHE})",
+        store.cache_bytes()
+    );
+    assert!(store.cache_bytes() <= CACHE, "cache over its bound");
     Rates {
         insert,
         lookup,
@@ -127,14 +133,15 @@ fn bench_redb(dir: &std::path::Path, keys: &[[u8; 16]], value: &[u8]) -> Rates {
         .expect("redb");
     let start = Instant::now();
     for chunk in keys.chunks(COMMIT_EVERY) {
-        let w = db.begin_write().expect("begin");
+        let mut w = db.begin_write().expect("begin");
+        w.set_durability(Durability::Immediate).expect("durability");
         {
             let mut t = w.open_table(TABLE).expect("table");
             for k in chunk {
                 t.insert(&k[..], value).expect("insert");
             }
         }
-        // Default durability: fsync before the commit returns, like the store's commit.
+        // fsync before the commit returns, like the store's commit.
         w.commit().expect("commit");
     }
     let insert = n as f64 / start.elapsed().as_secs_f64();
@@ -167,24 +174,29 @@ fn bench_redb(dir: &std::path::Path, keys: &[[u8; 16]], value: &[u8]) -> Rates {
 
 fn main() {
     let n = env("COWCRYPT_BENCH_OPS", 1_000_000);
-    let node = env("COWCRYPT_BENCH_NODE", 4096) as u32;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let node = env("COWCRYPT_BENCH_NODE", 16384) as u32;
+    let only = std::env::var("COWCRYPT_BENCH_ONLY").unwrap_or_default();
+    // Same directory for both, on the disk the build lives on.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let (keys, value) = workload(n);
     println!(
         "{n} ops per phase, 16-byte keys, 100-byte values, commit+fsync every {COMMIT_EVERY}, \
-         store node size {node}, cache {} MiB each",
-        CACHE >> 20
+         store node size {node}, cache {} MiB each, files in {}",
+        CACHE >> 20,
+        dir.path().display()
     );
-    let s = bench_store(dir.path(), &keys, &value, node);
-    let r = bench_redb(dir.path(), &keys, &value);
-    for (what, a, b) in [
-        ("random insert", s.insert, r.insert),
-        ("point lookup", s.lookup, r.lookup),
-        ("range scan (items)", s.scan, r.scan),
+    let s = (only != "redb").then(|| bench_store(dir.path(), &keys, &value, node));
+    let r = (only != "store").then(|| bench_redb(dir.path(), &keys, &value));
+    println!();
+    println!("| phase | store (ops/s) | redb (ops/s) | store/redb |");
+    println!("|---|---:|---:|---:|");
+    let pick = |x: &Option<Rates>, f: fn(&Rates) -> f64| x.as_ref().map_or(f64::NAN, f);
+    for (what, f) in [
+        ("random insert", (|r: &Rates| r.insert) as fn(&Rates) -> f64),
+        ("point lookup", |r: &Rates| r.lookup),
+        ("range scan (items)", |r: &Rates| r.scan),
     ] {
-        println!(
-            "{what:<20} store {a:>12.0}/s   redb {b:>12.0}/s   store/redb {:.2}",
-            a / b
-        );
+        let (a, b) = (pick(&s, f), pick(&r, f));
+        println!("| {what} | {a:.0} | {b:.0} | {:.2} |", a / b);
     }
 }

@@ -3,9 +3,12 @@
 //! Entries are checked against the reader's pointer (generation, level) on every hit, so an
 //! entry left over from a block's earlier life is never served for its new one. Eviction is
 //! CLOCK: a hit sets a mark, the hand clears marks and evicts unmarked entries, so memory stays
-//! under the bound however large the tree grows. Dirty nodes never live here: the transaction
-//! holds them until commit writes them out.
+//! under the bound however large the tree grows. Each entry is charged what its decoded node
+//! really takes ([`Node::mem_bytes`]: a packed leaf only the bytes in use) plus the cache's own
+//! bookkeeping, so the bound is on memory, not on a count of nodes. Dirty nodes never live here:
+//! the transaction holds them until commit writes them out.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,12 @@ use crate::node::Node;
 struct Entry {
     node: Arc<Node>,
     referenced: AtomicBool,
+    /// Bytes charged for this entry.
+    charge: usize,
 }
+
+/// Bookkeeping per entry beyond the node: the map's slot and the clock's.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<(u64, Entry)>() + std::mem::size_of::<u64>() + 16;
 
 struct Inner {
     map: HashMap<u64, Entry>,
@@ -27,11 +35,11 @@ struct Inner {
 pub struct NodeCache {
     inner: Mutex<Inner>,
     capacity: usize,
-    node_size: usize,
 }
 
 impl NodeCache {
-    /// A cache holding at most `capacity` bytes of nodes of `node_size` bytes (at least 16 nodes).
+    /// A cache holding at most `capacity` bytes of decoded nodes and their bookkeeping (at least
+    /// sixteen nodes' worth of `node_size`, so a tree's path always fits).
     pub fn new(capacity: usize, node_size: usize) -> Self {
         NodeCache {
             inner: Mutex::new(Inner {
@@ -40,7 +48,6 @@ impl NodeCache {
                 bytes: 0,
             }),
             capacity: capacity.max(16 * node_size),
-            node_size,
         }
     }
 
@@ -61,21 +68,24 @@ impl NodeCache {
 
     /// Adds or replaces a node, evicting others to stay within the bound.
     pub fn insert(&self, node: Arc<Node>) {
+        let charge = node.mem_bytes() + ENTRY_OVERHEAD;
+        if charge > self.capacity {
+            return;
+        }
         let mut inner = self.lock();
         let bytenr = node.bytenr;
-        let fresh = inner
-            .map
-            .insert(
-                bytenr,
-                Entry {
-                    node,
-                    referenced: AtomicBool::new(false),
-                },
-            )
-            .is_none();
-        if fresh {
-            inner.clock.push_back(bytenr);
-            inner.bytes += self.node_size;
+        let old = inner.map.insert(
+            bytenr,
+            Entry {
+                node,
+                referenced: AtomicBool::new(false),
+                charge,
+            },
+        );
+        inner.bytes += charge;
+        match old {
+            Some(e) => inner.bytes -= e.charge,
+            None => inner.clock.push_back(bytenr),
         }
         // Each round the hand either evicts or clears a mark, so this ends within two laps.
         while inner.bytes > self.capacity {
@@ -88,8 +98,8 @@ impl NodeCache {
                 .is_some_and(|e| e.referenced.swap(false, Ordering::Relaxed));
             if marked {
                 inner.clock.push_back(b);
-            } else if inner.map.remove(&b).is_some() {
-                inner.bytes -= self.node_size;
+            } else if let Some(e) = inner.map.remove(&b) {
+                inner.bytes -= e.charge;
             }
         }
     }
@@ -97,8 +107,8 @@ impl NodeCache {
     /// Drops the entry of a freed block.
     pub fn remove(&self, bytenr: u64) {
         let mut inner = self.lock();
-        if inner.map.remove(&bytenr).is_some() {
-            inner.bytes -= self.node_size;
+        if let Some(e) = inner.map.remove(&bytenr) {
+            inner.bytes -= e.charge;
             // The clock slot stays and is dropped when the hand reaches it; compact when stale
             // slots pile up so the clock stays proportional to the entries.
             if inner.clock.len() > 2 * inner.map.len() + 64 {
@@ -109,10 +119,25 @@ impl NodeCache {
         }
     }
 
-    /// Bytes of nodes held.
+    /// Bytes of decoded nodes and bookkeeping held.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
+}
+
+thread_local! {
+    /// Each thread's buffer for reading nodes: a decoded node keeps a packed copy of what it
+    /// needs, so the block itself is read into the same buffer every time (no allocation and no
+    /// zeroing per read).
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's read buffer sized to `len` bytes.
+pub fn with_read_buffer<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    READ_BUF.with_borrow_mut(|buf| {
+        buf.resize(len, 0);
+        f(buf)
+    })
 }
 
 #[cfg(test)]
@@ -122,12 +147,22 @@ mod tests {
     #[test]
     fn bounded_and_generation_checked() {
         let c = NodeCache::new(16 * 4096, 4096);
+        let leaf = |bytenr: u64, generation: u64| {
+            let mut n = Node::new_leaf(bytenr, generation, 256);
+            for k in 0..30 {
+                n.leaf_insert(crate::key::Key::new(k, 1, 0), &[7; 100]);
+            }
+            Arc::new(n)
+        };
+        let one = leaf(4096, 0).mem_bytes() + ENTRY_OVERHEAD;
+        assert!(one > 3000, "{one}");
         for i in 0..100u64 {
-            c.insert(Arc::new(Node::new_leaf(4096 * (i + 1), i, 256)));
+            c.insert(leaf(4096 * (i + 1), i));
             // Keep touching node 1 so CLOCK keeps it.
             assert!(c.get(4096, 0, 0).is_some(), "after {i}");
         }
         assert!(c.bytes() <= 16 * 4096);
+        assert!(c.bytes() > 16 * 4096 - 2 * one, "fills to its bound");
         assert!(c.get(4096 * 100, 99, 0).is_some());
         assert!(c.get(4096 * 100, 98, 0).is_none(), "stale generation");
         assert!(c.get(4096 * 100, 99, 1).is_none(), "wrong level");

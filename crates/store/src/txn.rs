@@ -19,6 +19,7 @@
 
 mod drop;
 mod extent;
+mod writeback;
 
 pub use drop::{DROP_ITEM_SIZE, DROP_ITEM_VERSION, DropProgress, PendingDeletion};
 pub use extent::{DataExtent, DataRefOwner, DataRefs, EXTENT_FLAG_DATA, ItemDataRef, owner_hash};
@@ -166,17 +167,16 @@ impl NodeRead for DevReader<'_> {
             return Ok(n);
         }
         let physical = self.chunks.to_physical(bytenr, self.node_size as u64)?;
-        let mut buf = vec![0u8; self.node_size];
-        self.dev.read_at(&mut buf, physical)?;
-        let n = Arc::new(Node::decode_owned(
-            buf,
-            &Expect {
-                fs_uuid: self.fs_uuid,
-                bytenr,
-                generation,
-                level,
-            },
-        )?);
+        let expect = Expect {
+            fs_uuid: self.fs_uuid,
+            bytenr,
+            generation,
+            level,
+        };
+        let n = Arc::new(crate::cache::with_read_buffer(self.node_size, |buf| {
+            self.dev.read_at(buf, physical)?;
+            Node::decode(buf, &expect)
+        })?);
         if let Some(c) = self.cache {
             c.insert(n.clone());
         }
@@ -1079,14 +1079,9 @@ impl<'a> WriteTxn<'a> {
     fn write_out(&mut self) -> Result<u64> {
         let shared = self.shared;
         let ns = shared.node_size;
-        let mut nodes: Vec<Arc<Node>> = self.dirty.drain().map(|(_, n)| n).collect();
-        nodes.sort_by_key(|n| n.bytenr);
-        let mut buf = vec![0u8; ns];
-        for n in &nodes {
-            n.encode_into(&shared.fs_uuid, &mut buf)?;
-            let physical = shared.chunks.to_physical(n.bytenr, ns as u64)?;
-            shared.dev.write_at(&buf, physical)?;
-        }
+        let nodes: Vec<Arc<Node>> = self.dirty.drain().map(|(_, n)| n).collect();
+        let nodes =
+            writeback::write_nodes(&*shared.dev, &shared.chunks, &shared.fs_uuid, ns, nodes)?;
         shared.dev.flush()?;
         let mut sb = self.w.sb.clone();
         sb.generation = self.generation;

@@ -174,8 +174,9 @@ fn background_drops_survive_every_crash() {
     assert!(steps > 30, "only {steps} steps");
 
     let copts = CrashOptions {
-        torn_variants: 1,
-        reorder_variants: 1,
+        // Commits write runs of adjacent nodes in one request each: tear each several ways.
+        torn_variants: 4,
+        reorder_variants: 2,
         atomic_unit: 512,
     };
     let mut images = 0;
