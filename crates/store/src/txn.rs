@@ -818,8 +818,7 @@ impl<'a> WriteTxn<'a> {
         if !self.use_reserve && !self.in_op && tree != tree_id::CHUNK_TREE {
             // Worst case: every level copied and split, plus a new root.
             let need = 2 * (u64::from(root.level) + 2) * self.shared.node_size as u64;
-            let st = self.alloc.stats(ChunkKind::Metadata);
-            if st.free < need + self.alloc.meta_reserve() {
+            if self.alloc.free_bytes(ChunkKind::Metadata) < need + self.alloc.meta_reserve() {
                 return Err(Error::NoSpace {
                     kind: "metadata",
                     needed: need,
@@ -1092,7 +1091,11 @@ impl<'a> WriteTxn<'a> {
         sb.bytes_used = st.iter().map(|s| s.used()).sum();
         write_superblocks(&*shared.dev, &sb)?;
         shared.dev.flush()?;
-        // Durable: publish.
+        // Durable: publish. Blocks this commit freed leave the cache first: only old readers
+        // still want them (and read them from disk), so the bound goes to live nodes.
+        for b in self.alloc.freed_in(self.generation) {
+            shared.cache.remove(b);
+        }
         for n in nodes {
             shared.cache.insert(n);
         }
