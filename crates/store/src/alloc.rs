@@ -292,10 +292,11 @@ impl Allocator {
         if len == 0 || len > 1 << 50 {
             return Err(no_space());
         }
-        if kind == ChunkKind::Metadata && !use_reserve {
-            if self.free_bytes(kind) < len + self.meta_reserve {
-                return Err(no_space());
-            }
+        if kind == ChunkKind::Metadata
+            && !use_reserve
+            && self.free_bytes(kind) < len + self.meta_reserve
+        {
+            return Err(no_space());
         }
         let align = if kind == ChunkKind::Data {
             self.sector_size
