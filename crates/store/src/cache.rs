@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::node::Node;
@@ -59,6 +59,9 @@ impl std::hash::Hasher for AddrHasher {
     }
 }
 
+/// A full cache admits one leaf read in this many (see [`NodeCache::admits`]).
+const ADMIT_ONE_IN: u64 = 8;
+
 struct Inner {
     map: HashMap<u64, Entry, AddrHash>,
     clock: VecDeque<u64>,
@@ -69,6 +72,11 @@ struct Inner {
 pub struct NodeCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Below `capacity` by this much or more, the cache has room (eviction leaves it within about
+    /// one entry of full).
+    slack: usize,
+    /// Leaf reads asked about since the start, for admission.
+    leaf_reads: AtomicU64,
 }
 
 impl NodeCache {
@@ -82,6 +90,8 @@ impl NodeCache {
                 bytes: 0,
             }),
             capacity: capacity.max(16 * node_size),
+            slack: 2 * node_size,
+            leaf_reads: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +108,20 @@ impl NodeCache {
         }
         e.referenced.store(true, Ordering::Relaxed);
         Some(e.node.clone())
+    }
+
+    /// Whether a node just read from disk at `level` should be kept. Internal nodes always are
+    /// (every lookup passes through them), and so is everything while there is room. A full cache
+    /// admits one leaf read in [`ADMIT_ONE_IN`]: under random or scanning reads, which gain
+    /// nothing from swapping one cached leaf for another, that saves most misses a copy, an
+    /// eviction and a free, while a leaf read again and again still gets in after a few reads
+    /// and then stays (CLOCK keeps what is hit). Written nodes are always offered by the commit.
+    pub fn admits(&self, level: u8) -> bool {
+        if level > 0 {
+            return true;
+        }
+        let n = self.leaf_reads.fetch_add(1, Ordering::Relaxed);
+        n.is_multiple_of(ADMIT_ONE_IN) || self.lock().bytes + self.slack <= self.capacity
     }
 
     /// Adds or replaces a node, evicting others to stay within the bound.
@@ -160,18 +184,39 @@ impl NodeCache {
 }
 
 thread_local! {
-    /// Each thread's buffer for reading nodes: a decoded node keeps a packed copy of what it
-    /// needs, so the block itself is read into the same buffer every time (no allocation and no
-    /// zeroing per read).
+    /// Each thread's buffer for reading blocks: a node the cache keeps is a packed copy of what
+    /// it needs, and a leaf it declines is used in place and handed back
+    /// ([`recycle_read_buffer`]), so blocks are read into the same buffer over and over (no
+    /// allocation and no zeroing per read).
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's read buffer sized to `len` bytes.
-pub fn with_read_buffer<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
-    READ_BUF.with_borrow_mut(|buf| {
-        buf.resize(len, 0);
-        f(buf)
-    })
+/// This thread's read buffer, `len` bytes long (a new one if it is out on loan).
+pub fn take_read_buffer(len: usize) -> Vec<u8> {
+    let mut buf = READ_BUF.take();
+    if buf.len() != len {
+        buf = vec![0u8; len];
+    }
+    buf
+}
+
+/// Returns a buffer from [`take_read_buffer`].
+pub fn give_back_read_buffer(buf: Vec<u8>) {
+    READ_BUF.with_borrow_mut(|slot| {
+        if slot.is_empty() {
+            *slot = buf;
+        }
+    });
+}
+
+/// Takes back the block buffer of a node nobody else holds, if it has one
+/// ([`Node::decode_in_place`]).
+pub fn recycle_read_buffer(node: Arc<Node>) {
+    if let Ok(node) = Arc::try_unwrap(node)
+        && let Some(buf) = node.into_read_buffer()
+    {
+        give_back_read_buffer(buf);
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +248,26 @@ mod tests {
         assert!(c.get(4096 * 2, 1, 0).is_none(), "evicted");
         c.remove(4096);
         assert!(c.get(4096, 0, 0).is_none());
+    }
+
+    #[test]
+    fn full_cache_admits_few_leaves_and_every_internal_node() {
+        let c = NodeCache::new(16 * 4096, 4096);
+        assert!((0..10).all(|_| c.admits(0)), "room left: everything");
+        let mut b = 4096;
+        while c.bytes() < 16 * 4096 - 4096 {
+            let mut n = Node::new_leaf(b, 1, 256);
+            n.leaf_insert(crate::key::Key::new(b, 1, 0), &[1; 1000]);
+            c.insert(Arc::new(n));
+            b += 4096;
+        }
+        c.insert(Arc::new(Node::new_leaf(b, 1, 256)));
+        let mut n = Node::new_leaf(b + 4096, 1, 256);
+        n.leaf_insert(crate::key::Key::new(0, 1, 0), &[1; 3000]);
+        c.insert(Arc::new(n));
+        assert!(c.bytes() + 2 * 4096 > 16 * 4096, "full");
+        let admitted = (0..800).filter(|_| c.admits(0)).count();
+        assert_eq!(admitted, 800 / ADMIT_ONE_IN as usize);
+        assert!((0..10).all(|_| c.admits(1)));
     }
 }

@@ -69,6 +69,11 @@ pub struct Leaf {
     /// Packed form: subtracted from a header's value offset (a position in the node) gives the
     /// value's position in `data`.
     shift: usize,
+    /// Packed form: where the item headers start in `data` (0 in a packed copy; the header's
+    /// size when `data` is the whole block as read, see [`Node::decode_in_place`]).
+    hoff: usize,
+    /// Packed form: where the values start in `data`.
+    vstart: usize,
 }
 
 impl Clone for Leaf {
@@ -83,6 +88,8 @@ impl Clone for Leaf {
                 garbage: self.garbage,
                 packed: 0,
                 shift: 0,
+                hoff: 0,
+                vstart: 0,
             }
         }
     }
@@ -111,17 +118,19 @@ impl Leaf {
             garbage: 0,
             packed: n,
             shift: values_start - headers,
+            hoff: 0,
+            vstart: headers,
         }
     }
 
     /// The editable form of a packed leaf.
     fn editable(&self) -> Leaf {
         let n = self.packed;
-        let values = &self.data[n * ITEM_HEADER_SIZE..];
+        let values = &self.data[self.vstart..];
         // Room to grow: a leaf being changed usually gains items before it is split or written.
         let mut data = Vec::with_capacity(values.len() * 3 / 2 + 512);
         data.extend_from_slice(values);
-        let base = self.shift + n * ITEM_HEADER_SIZE;
+        let base = self.shift + self.vstart;
         let slots = (0..n)
             .map(|i| {
                 let (key, off, len) = self.header(i);
@@ -138,6 +147,8 @@ impl Leaf {
             garbage: 0,
             packed: 0,
             shift: 0,
+            hoff: 0,
+            vstart: 0,
         }
     }
 
@@ -152,7 +163,7 @@ impl Leaf {
     fn header(&self, i: usize) -> (Key, usize, usize) {
         // Packed leaves are made only from checked or self-made layouts: every header lies
         // inside `data` and every value offset is at least `shift`.
-        let at = i * ITEM_HEADER_SIZE;
+        let at = self.hoff + i * ITEM_HEADER_SIZE;
         let h = &self.data[at..at + ITEM_HEADER_SIZE];
         let key = Key::new(get_u64(h, 0), h[8], get_u64(h, 9));
         (key, get_u32(h, 17) as usize, get_u32(h, 21) as usize)
@@ -174,7 +185,7 @@ impl Leaf {
     /// The key of item `i`.
     pub fn key(&self, i: usize) -> Key {
         if self.packed > 0 {
-            let at = i * ITEM_HEADER_SIZE;
+            let at = self.hoff + i * ITEM_HEADER_SIZE;
             let h = &self.data[at..at + Key::ENCODED_SIZE];
             Key::new(get_u64(h, 0), h[8], get_u64(h, 9))
         } else {
@@ -196,7 +207,7 @@ impl Leaf {
 
     fn value_len(&self, i: usize) -> usize {
         if self.packed > 0 {
-            let at = i * ITEM_HEADER_SIZE + 21;
+            let at = self.hoff + i * ITEM_HEADER_SIZE + 21;
             get_u32(&self.data, at) as usize
         } else {
             self.slots[i].len as usize
@@ -326,6 +337,8 @@ impl Leaf {
             garbage: 0,
             packed: 0,
             shift: 0,
+            hoff: 0,
+            vstart: 0,
         };
         for i in range {
             out.push(self.key(i), self.value(i));
@@ -619,6 +632,46 @@ impl Node {
     /// fields). Never panics on any input. A leaf comes out packed (see [`Leaf`]): one copy of
     /// the bytes in use, so the read buffer can be reused.
     pub fn decode(buf: &[u8], expect: &Expect) -> Result<Node> {
+        let (mut node, packing) = Node::check(buf, expect)?;
+        if let (Some((n, values_start)), NodeBody::Leaf(leaf)) = (packing, &mut node.body) {
+            *leaf = Leaf::packed_from(buf, n, values_start);
+        }
+        Ok(node)
+    }
+
+    /// [`Node::decode`] of a leaf that keeps `buf`, the whole block as read, as its storage: no
+    /// copy, for a leaf used once and not kept (the node cache declined it). `buf` comes back
+    /// through [`Node::into_read_buffer`]. Anything but a leaf is decoded as usual.
+    pub fn decode_in_place(buf: Vec<u8>, expect: &Expect) -> Result<Node> {
+        let (mut node, packing) = Node::check(&buf, expect)?;
+        match (packing, &mut node.body) {
+            (Some((n, values_start)), NodeBody::Leaf(leaf)) => {
+                *leaf = Leaf {
+                    slots: Vec::new(),
+                    data: buf,
+                    garbage: 0,
+                    packed: n,
+                    shift: 0,
+                    hoff: HEADER_SIZE,
+                    vstart: values_start,
+                };
+                Ok(node)
+            }
+            _ => Node::decode(&buf, expect),
+        }
+    }
+
+    /// The block buffer of a leaf made by [`Node::decode_in_place`], to read the next block into.
+    pub fn into_read_buffer(self) -> Option<Vec<u8>> {
+        match self.body {
+            NodeBody::Leaf(leaf) if leaf.packed > 0 && leaf.hoff == HEADER_SIZE => Some(leaf.data),
+            _ => None,
+        }
+    }
+
+    /// The checks of [`Node::decode`]. A leaf comes back empty, with its item count and where
+    /// its values start, for the caller to fill in.
+    fn check(buf: &[u8], expect: &Expect) -> Result<(Node, Option<(usize, usize)>)> {
         let bad = |reason: String| Error::BadNode {
             bytenr: expect.bytenr,
             reason,
@@ -666,6 +719,7 @@ impl Node {
         }
         let owner = get_u64(buf, OFF_OWNER);
         let nritems = get_u32(buf, OFF_NRITEMS) as usize;
+        let mut packing = None;
         let (body, used) = if level == 0 {
             if nritems > (node_size - HEADER_SIZE) / ITEM_HEADER_SIZE {
                 return Err(bad(format!("{nritems} items cannot fit")));
@@ -695,10 +749,8 @@ impl Node {
             }
             // Headers and values: everything but the free gap.
             let used = nritems * ITEM_HEADER_SIZE + (node_size - data_end);
-            (
-                NodeBody::Leaf(Leaf::packed_from(buf, nritems, data_end)),
-                used,
-            )
+            packing = Some((nritems, data_end));
+            (NodeBody::Leaf(Leaf::default()), used)
         } else {
             if nritems == 0 || nritems > max_ptrs(node_size) {
                 return Err(bad(format!("internal node with {nritems} pointers")));
@@ -734,14 +786,15 @@ impl Node {
             let used = ptrs.len() * PTR_SIZE;
             (NodeBody::Internal(ptrs), used)
         };
-        Ok(Node {
+        let node = Node {
             bytenr,
             generation,
             owner,
             level,
             body,
             used,
-        })
+        };
+        Ok((node, packing))
     }
 }
 
@@ -823,7 +876,22 @@ mod tests {
         #[test]
         fn leaf_round_trips(n in arb_leaf(4096)) {
             let buf = n.encode(&UUID, 4096).unwrap();
-            prop_assert_eq!(Node::decode(&buf, &expect(&n)).unwrap(), n);
+            prop_assert_eq!(&Node::decode(&buf, &expect(&n)).unwrap(), &n);
+            // The same leaf used in place of its block, then edited through a clone.
+            let raw = Node::decode_in_place(buf.clone(), &expect(&n)).unwrap();
+            prop_assert_eq!(&raw, &n);
+            prop_assert_eq!(raw.used(), n.used());
+            let mut edited = raw.clone();
+            let mut want = n.clone();
+            if n.used() + ITEM_HEADER_SIZE + 3 <= 4096 - HEADER_SIZE {
+                edited.leaf_insert(Key::new(1, 2, 3), b"new");
+                want.leaf_insert(Key::new(1, 2, 3), b"new");
+            }
+            prop_assert_eq!(&edited, &want);
+            prop_assert_eq!(edited.encode(&UUID, 4096).unwrap(), want.encode(&UUID, 4096).unwrap());
+            // (An empty leaf holds no buffer worth keeping.)
+            let back = raw.into_read_buffer();
+            prop_assert!(back.is_none() == n.is_empty() && back.is_none_or(|b| b == buf));
         }
 
         #[test]

@@ -173,14 +173,20 @@ impl NodeRead for DevReader<'_> {
             generation,
             level,
         };
-        let n = Arc::new(crate::cache::with_read_buffer(self.node_size, |buf| {
-            self.dev.read_at(buf, physical)?;
-            Node::decode(buf, &expect)
-        })?);
-        if let Some(c) = self.cache {
-            c.insert(n.clone());
+        let mut buf = crate::cache::take_read_buffer(self.node_size);
+        self.dev.read_at(&mut buf, physical)?;
+        let keep = self.cache.is_some_and(|c| c.admits(level));
+        if keep || level > 0 {
+            let n = Node::decode(&buf, &expect);
+            crate::cache::give_back_read_buffer(buf);
+            let n = Arc::new(n?);
+            if let (true, Some(c)) = (keep, self.cache) {
+                c.insert(n.clone());
+            }
+            return Ok(n);
         }
-        Ok(n)
+        // A leaf the cache declines is used in place of the read buffer, and handed back.
+        Ok(Arc::new(Node::decode_in_place(buf, &expect)?))
     }
 }
 
