@@ -1,12 +1,13 @@
 //! The store: opening and creating a filesystem, write transactions, read views, commit, and
 //! shared tree blocks with lazy reference counts.
 //!
-//! One writer at a time (a mutex) and any number of readers. A reader holds the committed roots
-//! of one generation; blocks it may still read are not reused while it lives. A write transaction
-//! copies every node it changes to a new address ([`crate::btree`]) and holds those dirty nodes
-//! until commit. Commit writes them, flushes, writes the superblock copies, flushes again: a crash
-//! at any point leaves the previous generation intact, and space freed by the transaction becomes
-//! allocatable only after that.
+//! One writer at a time (a transaction takes the writer state and puts it back when it ends, so
+//! it may be owned and outlive a borrow) and any number of readers. A reader holds the committed
+//! roots of one generation; blocks it may still read are not reused while it lives. A write
+//! transaction copies every node it changes to a new address ([`crate::btree`]) and holds those
+//! dirty nodes until commit. Commit writes them, flushes, writes the superblock copies, flushes
+//! again: a crash at any point leaves the previous generation intact, and space freed by the
+//! transaction becomes allocatable only after that.
 //!
 //! Sharing follows Rodeh ("B-trees, Shadowing, and Clones", 2008). A snapshot is a new root item
 //! pointing at the same root node, whose reference count goes up by one. Counts live in the extent
@@ -26,7 +27,8 @@ pub use extent::{DataExtent, DataRefOwner, DataRefs, EXTENT_FLAG_DATA, ItemDataR
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::alloc::{Allocator, RangeSet, SpaceStats};
 use crate::btree::{self, NodeRead, NodeStore, Range};
@@ -39,8 +41,8 @@ use crate::error::{Error, Result};
 use crate::key::{Key, item_type, tree_id};
 use crate::node::{Expect, Node};
 use crate::superblock::{
-    DEFAULT_NODE_SIZE, SUPERBLOCK_OFFSETS, SUPERBLOCK_SIZE, Superblock, TreeRoot, read_superblock,
-    write_superblocks,
+    DEFAULT_NODE_SIZE, SECTOR_SIZE, SUPERBLOCK_OFFSETS, SUPERBLOCK_SIZE, Superblock, TreeRoot,
+    read_superblock, write_superblocks,
 };
 
 /// How to make a new filesystem.
@@ -141,7 +143,10 @@ struct Shared {
     node_size: usize,
     cache: NodeCache,
     committed: RwLock<Arc<Committed>>,
-    writer: Mutex<Writer>,
+    /// The writer state; `None` while a write transaction has it.
+    writer: Mutex<Option<Writer>>,
+    /// Signalled when a write transaction puts the writer state back.
+    writer_free: Condvar,
     /// generation -> number of live readers of it
     readers: Mutex<BTreeMap<u64, usize>>,
     /// The layer above's parser of data-referencing items.
@@ -201,8 +206,25 @@ impl Shared {
         }
     }
 
-    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes the writer state out of the store, waiting while a write transaction holds it.
+    fn take_writer(self: &Arc<Self>) -> WriterGuard {
+        let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(w) = slot.take() {
+                return WriterGuard {
+                    shared: self.clone(),
+                    w: Some(w),
+                };
+            }
+            slot = self
+                .writer_free
+                .wait(slot)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn data_io(&self) -> Result<crate::data_io::DataIo<'_>> {
+        crate::data_io::DataIo::new(&*self.dev, &self.chunks, SECTOR_SIZE)
     }
 
     fn committed(&self) -> Arc<Committed> {
@@ -427,11 +449,12 @@ impl Store {
                 node_size,
                 cache: NodeCache::new(cache_bytes, node_size),
                 committed: RwLock::new(Arc::new(committed)),
-                writer: Mutex::new(Writer {
+                writer: Mutex::new(Some(Writer {
                     sb,
                     alloc,
                     broken: None,
-                }),
+                })),
+                writer_free: Condvar::new(),
                 readers: Mutex::new(BTreeMap::new()),
                 data_refs: RwLock::new(None),
             }),
@@ -440,7 +463,13 @@ impl Store {
 
     /// Starts the write transaction (waits for the running one to end).
     pub fn begin(&self) -> Result<WriteTxn<'_>> {
-        let mut w = self.shared.lock_writer();
+        self.begin_owned()
+    }
+
+    /// Starts the write transaction like [`Store::begin`], as a value that owns its share of the
+    /// store: the layer above keeps one open across many operations and threads.
+    pub fn begin_owned(&self) -> Result<WriteTxn<'static>> {
+        let mut w = self.shared.take_writer();
         if let Some(why) = &w.broken {
             return Err(Error::Corrupt(format!(
                 "store must be reopened after a failed commit: {why}"
@@ -451,7 +480,8 @@ impl Store {
             .release_pinned(c.generation, &self.shared.live_readers())?;
         let alloc = w.alloc.clone();
         Ok(WriteTxn {
-            shared: &self.shared,
+            shared: self.shared.clone(),
+            _store: std::marker::PhantomData,
             generation: c.generation + 1,
             root_tree: c.root_tree,
             chunk_tree: c.chunk_tree,
@@ -500,7 +530,7 @@ impl Store {
 
     /// Space figures of the committed state plus what the allocator holds now.
     pub fn stats(&self) -> Stats {
-        let w = self.shared.lock_writer();
+        let w = self.shared.take_writer();
         Stats {
             generation: w.sb.generation,
             system: w.alloc.stats(ChunkKind::System),
@@ -523,6 +553,16 @@ impl Store {
             .data_refs
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(parser);
+    }
+
+    /// The data path over this store's device and chunk map.
+    pub fn data_io(&self) -> Result<crate::data_io::DataIo<'_>> {
+        self.shared.data_io()
+    }
+
+    /// The logical-to-physical chunk map (fixed while the store is open).
+    pub fn chunk_map(&self) -> &ChunkMap {
+        &self.shared.chunks
     }
 
     /// Bytes the node cache holds now.
@@ -604,10 +644,43 @@ struct DelayedRef {
     level: u8,
 }
 
-/// The write transaction. Dropping it without [`WriteTxn::commit`] discards every change.
+/// The writer state a write transaction holds; put back into the store when dropped.
+struct WriterGuard {
+    shared: Arc<Shared>,
+    /// `Some` from creation until `drop`.
+    w: Option<Writer>,
+}
+
+impl Deref for WriterGuard {
+    type Target = Writer;
+    fn deref(&self) -> &Writer {
+        // Invariant: `w` is taken only in `drop`.
+        self.w.as_ref().expect("writer state present until drop")
+    }
+}
+
+impl DerefMut for WriterGuard {
+    fn deref_mut(&mut self) -> &mut Writer {
+        // Invariant: `w` is taken only in `drop`.
+        self.w.as_mut().expect("writer state present until drop")
+    }
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        let mut slot = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = self.w.take();
+        drop(slot);
+        self.shared.writer_free.notify_one();
+    }
+}
+
+/// The write transaction. Dropping it without [`WriteTxn::commit`] discards every change. It
+/// owns its share of the store (`'a` only ties a [`Store::begin`] transaction to its store).
 pub struct WriteTxn<'a> {
-    shared: &'a Shared,
-    w: MutexGuard<'a, Writer>,
+    shared: Arc<Shared>,
+    _store: std::marker::PhantomData<&'a Store>,
+    w: WriterGuard,
     /// The allocator as this transaction changes it; written back at commit.
     alloc: Allocator,
     generation: u64,
@@ -719,6 +792,29 @@ impl NodeStore for WriteTxn<'_> {
 }
 
 impl<'a> WriteTxn<'a> {
+    /// The data path over this store's device and chunk map, for extents this transaction
+    /// allocated.
+    pub fn data_io(&self) -> Result<crate::data_io::DataIo<'_>> {
+        self.shared.data_io()
+    }
+
+    /// Space figures as this transaction sees them (what [`Store::stats`] would show after its
+    /// commit), without waiting for the writer.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            generation: self.w.sb.generation,
+            system: self.alloc.stats(ChunkKind::System),
+            metadata: self.alloc.stats(ChunkKind::Metadata),
+            data: self.alloc.stats(ChunkKind::Data),
+            metadata_reserve: self.alloc.meta_reserve(),
+        }
+    }
+
+    /// The largest item value a node holds.
+    pub fn max_value_size(&self) -> usize {
+        crate::node::max_value_size(self.shared.node_size)
+    }
+
     /// The generation this transaction commits as.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -1082,7 +1178,7 @@ impl<'a> WriteTxn<'a> {
     }
 
     fn write_out(&mut self) -> Result<u64> {
-        let shared = self.shared;
+        let shared = self.shared.clone();
         let ns = shared.node_size;
         let nodes: Vec<Arc<Node>> = self.dirty.drain().map(|(_, n)| n).collect();
         let nodes =
@@ -1529,6 +1625,35 @@ mod tests {
             store.read().get(256, &k(7)).unwrap().as_deref(),
             Some(&b"new 39"[..])
         );
+        store.check().unwrap();
+    }
+
+    /// An owned transaction moves to another thread; a second writer waits until it ends.
+    #[test]
+    fn owned_transaction_moves_between_threads() {
+        let dev = Arc::new(MemDevice::new(16 * MIB));
+        let store = Arc::new(Store::create(dev, small_opts()).unwrap());
+        let mut t = store.begin_owned().unwrap();
+        t.create_tree(256).unwrap();
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let t = store.begin().unwrap();
+                t.get(256, &k(1)).unwrap()
+            })
+        };
+        let t = std::thread::spawn(move || {
+            let mut t = t;
+            t.insert(256, k(1), b"owned").unwrap();
+            t
+        })
+        .join()
+        .unwrap();
+        t.commit().unwrap();
+        assert_eq!(waiter.join().unwrap().as_deref(), Some(&b"owned"[..]));
+        // A dropped owned transaction hands the writer back too.
+        drop(store.begin_owned().unwrap());
+        store.begin().unwrap().commit().unwrap();
         store.check().unwrap();
     }
 

@@ -1,0 +1,692 @@
+//! File data: buffered writes, reads through file extent items, the flush that turns dirty
+//! blocks into new data extents, and the range operations (truncate, punch, fallocate, seek).
+//!
+//! Data is never overwritten in place. Dirty blocks are kept per inode until a flush (fsync,
+//! commit, or the global dirty bound) writes each run of consecutive blocks as one new extent,
+//! so sequential writes become large extents. A file extent item holds one reference on its
+//! extent, owned by (tree, inode, file offset of the extent's start); splitting an item keeps
+//! both halves' references under that same owner. Sector checksums live in the checksum tree,
+//! keyed by extent, and are verified on every read.
+
+use store::{DataRefOwner, Key, tree_id};
+
+use crate::error::{Error, Result};
+use crate::items::{self, CSUMS_PER_ITEM, ExtentKind, FileExtent, InodeItem, ty};
+use crate::state::{BLOCK, State, TREE};
+
+/// Largest file size: offsets stay far from u64 overflow and from the 48-bit block index space.
+pub(crate) const MAX_FILE_SIZE: u64 = 1 << 52;
+const CSUM_SPAN: u64 = CSUMS_PER_ITEM * BLOCK;
+
+fn owner(obj: u64, key_offset: u64, fe: &FileExtent) -> DataRefOwner {
+    DataRefOwner {
+        root: TREE,
+        inode: obj,
+        // Decoding guarantees key_offset >= fe.offset.
+        offset: key_offset - fe.offset,
+    }
+}
+
+impl State {
+    // --- References and checksums -------------------------------------------------------------
+
+    pub(crate) fn add_extent_ref(
+        &mut self,
+        obj: u64,
+        key_offset: u64,
+        fe: &FileExtent,
+    ) -> Result<()> {
+        let o = owner(obj, key_offset, fe);
+        self.changes += 1;
+        self.txn()?.add_data_ref(fe.bytenr, fe.extent_len, o, 1)?;
+        Ok(())
+    }
+
+    /// Drops one item's reference; when the extent goes, its checksums go too.
+    pub(crate) fn drop_extent_ref(
+        &mut self,
+        obj: u64,
+        key_offset: u64,
+        fe: &FileExtent,
+    ) -> Result<()> {
+        let o = owner(obj, key_offset, fe);
+        self.changes += 1;
+        let t = self.txn()?;
+        t.drop_data_ref(fe.bytenr, fe.extent_len, o, 1)?;
+        if t.data_extent(fe.bytenr)?.is_none() {
+            let mut at = 0;
+            while at < fe.extent_len {
+                self.del_in(tree_id::CSUM_TREE, &Key::new(fe.bytenr, ty::DATA_CSUM, at))?;
+                at += CSUM_SPAN;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a new extent's bytes and records their checksums.
+    fn write_extent(&mut self, bytenr: u64, buf: &[u8]) -> Result<()> {
+        let csums = self.txn()?.data_io()?.write(bytenr, 0, buf, None)?;
+        for (i, group) in csums.chunks(CSUMS_PER_ITEM as usize).enumerate() {
+            let key = Key::new(bytenr, ty::DATA_CSUM, i as u64 * CSUM_SPAN);
+            self.put_in(tree_id::CSUM_TREE, key, &items::encode_csums(group))?;
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` inside the extent at `bytenr`, verified against the
+    /// checksum tree. Offset and length are whole blocks.
+    fn read_extent(&mut self, bytenr: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut expected = Vec::with_capacity((len / BLOCK) as usize);
+        let end = offset + len;
+        let mut group = offset / CSUM_SPAN * CSUM_SPAN;
+        while group < end {
+            let key = Key::new(bytenr, ty::DATA_CSUM, group);
+            let v = self
+                .txn()?
+                .get(tree_id::CSUM_TREE, &key)?
+                .ok_or_else(|| Error::corrupt(&key, "missing data checksums"))?;
+            let c = items::decode_csums(&key, &v)?;
+            let lo = offset.max(group);
+            let hi = end.min(group + CSUM_SPAN);
+            let (a, b) = (
+                ((lo - group) / BLOCK) as usize,
+                ((hi - group) / BLOCK) as usize,
+            );
+            expected.extend_from_slice(
+                c.get(a..b)
+                    .ok_or_else(|| Error::corrupt(&key, "too few data checksums"))?,
+            );
+            group += CSUM_SPAN;
+        }
+        let len = usize::try_from(len).map_err(|_| Error::Invalid("read too large"))?;
+        Ok(self
+            .txn()?
+            .data_io()?
+            .read(bytenr, offset, len, None, Some(&expected))?)
+    }
+
+    // --- File extent items --------------------------------------------------------------------
+
+    /// File extent items of `obj` overlapping `[start, end)`, in file order.
+    pub(crate) fn extents(
+        &mut self,
+        obj: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, FileExtent)>> {
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        if let Some((k, v)) = self.last_item(
+            Key::new(obj, ty::FILE_EXTENT, 0),
+            Key::new(obj, ty::FILE_EXTENT, start),
+        )? {
+            let fe = FileExtent::decode(&k, &v)?;
+            if k.offset + fe.len > start {
+                out.push((k.offset, fe));
+            }
+        }
+        if start < u64::MAX {
+            for (k, v) in self.items(
+                Key::new(obj, ty::FILE_EXTENT, start + 1),
+                Key::new(obj, ty::FILE_EXTENT, end - 1),
+            )? {
+                let fe = FileExtent::decode(&k, &v)?;
+                out.push((k.offset, fe));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unmaps `[start, end)` (block aligned; `end` may be `u64::MAX`): items inside go, items
+    /// across an edge are trimmed. Returns the bytes unmapped.
+    pub(crate) fn unmap(&mut self, obj: u64, start: u64, end: u64) -> Result<u64> {
+        let mut removed = 0;
+        for (at, fe) in self.extents(obj, start, end)? {
+            let item_end = at + fe.len;
+            let key = Key::new(obj, ty::FILE_EXTENT, at);
+            // New pieces take their references before the old item drops its own, so the
+            // extent never reaches zero in between.
+            if at < start {
+                let left = FileExtent {
+                    len: start - at,
+                    ..fe.clone()
+                };
+                self.put(key, &left.encode())?;
+                self.add_extent_ref(obj, at, &left)?;
+            } else {
+                self.del(&key)?;
+            }
+            if item_end > end {
+                let right = FileExtent {
+                    offset: fe.offset + (end - at),
+                    len: item_end - end,
+                    ..fe.clone()
+                };
+                self.put(Key::new(obj, ty::FILE_EXTENT, end), &right.encode())?;
+                self.add_extent_ref(obj, end, &right)?;
+            }
+            self.drop_extent_ref(obj, at, &fe)?;
+            removed += item_end.min(end) - at.max(start);
+        }
+        Ok(removed)
+    }
+
+    /// Reads blocks `[first, first + n)` from extent items alone (holes and preallocated
+    /// ranges read as zeros).
+    fn read_blocks(&mut self, obj: u64, first: u64, n: u64) -> Result<Vec<u8>> {
+        let start = first * BLOCK;
+        let end = start + n * BLOCK;
+        let mut buf = vec![0u8; (n * BLOCK) as usize];
+        for (at, fe) in self.extents(obj, start, end)? {
+            if fe.kind == ExtentKind::Prealloc {
+                continue;
+            }
+            if fe.crypt.is_some() {
+                // Never hand out ciphertext as if it were the file's bytes.
+                return Err(Error::NoKey);
+            }
+            let a = at.max(start);
+            let b = (at + fe.len).min(end);
+            let data = self.read_extent(fe.bytenr, fe.offset + (a - at), b - a)?;
+            buf[(a - start) as usize..(b - start) as usize].copy_from_slice(&data);
+        }
+        Ok(buf)
+    }
+
+    /// Whether block `blk` holds written data (buffered or in a regular extent).
+    fn block_has_data(&mut self, obj: u64, blk: u64) -> Result<bool> {
+        if self.dirty.get(&obj).is_some_and(|m| m.contains_key(&blk)) {
+            return Ok(true);
+        }
+        let ex = self.extents(obj, blk * BLOCK, (blk + 1) * BLOCK)?;
+        Ok(ex.iter().any(|(_, fe)| fe.kind == ExtentKind::Regular))
+    }
+
+    /// The buffered copy of block `blk`, loaded from disk unless `whole` (about to be
+    /// overwritten entirely).
+    fn dirty_block(&mut self, obj: u64, blk: u64, whole: bool) -> Result<&mut [u8]> {
+        let present = self.dirty.get(&obj).is_some_and(|m| m.contains_key(&blk));
+        if !present {
+            let data = if whole {
+                vec![0u8; BLOCK as usize]
+            } else {
+                self.read_blocks(obj, blk, 1)?
+            };
+            self.dirty
+                .entry(obj)
+                .or_default()
+                .insert(blk, data.into_boxed_slice());
+            self.dirty_bytes += BLOCK;
+        }
+        self.dirty
+            .get_mut(&obj)
+            .and_then(|m| m.get_mut(&blk))
+            .map(|b| &mut b[..])
+            .ok_or(Error::Invalid("dirty block vanished"))
+    }
+
+    /// Zeroes bytes `[from, to)` of block `blk` if it holds data.
+    fn zero_in_block(&mut self, obj: u64, blk: u64, from: usize, to: usize) -> Result<()> {
+        if from < to && self.block_has_data(obj, blk)? {
+            self.dirty_block(obj, blk, false)?[from..to].fill(0);
+        }
+        Ok(())
+    }
+
+    fn drop_dirty_range(&mut self, obj: u64, first: u64, end: u64) {
+        if let Some(m) = self.dirty.get_mut(&obj) {
+            let gone: Vec<u64> = m.range(first..end).map(|(b, _)| *b).collect();
+            for b in gone {
+                m.remove(&b);
+                self.dirty_bytes -= BLOCK;
+            }
+        }
+    }
+
+    // --- Operations ---------------------------------------------------------------------------
+
+    /// Refuses a write that data space could not hold once flushed, committing first to
+    /// release space freed by earlier overwrites.
+    pub(crate) fn reserve_data(&mut self, bytes: u64) -> Result<()> {
+        let free = |s: &mut Self| -> Result<u64> { Ok(s.txn()?.stats().data.free) };
+        if free(self)? >= self.dirty_bytes + bytes {
+            return Ok(());
+        }
+        self.commit()?;
+        if free(self)? >= self.dirty_bytes + bytes {
+            Ok(())
+        } else {
+            Err(Error::NoSpace)
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`, stopping at end of file.
+    pub(crate) fn read_data(
+        &mut self,
+        obj: u64,
+        it: &InodeItem,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        if offset >= it.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = it.size.min(offset.saturating_add(size));
+        let first = offset / BLOCK;
+        let last = (end - 1) / BLOCK;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut blk = first;
+        while blk <= last {
+            let dirty = self.dirty.get(&obj).and_then(|m| m.get(&blk)).cloned();
+            let (data, n) = match dirty {
+                Some(b) => (b.into_vec(), 1),
+                None => {
+                    // A run of blocks not buffered: one read.
+                    let mut n = 1;
+                    while blk + n <= last
+                        && !self
+                            .dirty
+                            .get(&obj)
+                            .is_some_and(|m| m.contains_key(&(blk + n)))
+                    {
+                        n += 1;
+                    }
+                    (self.read_blocks(obj, blk, n)?, n)
+                }
+            };
+            let run_start = blk * BLOCK;
+            let a = offset.max(run_start) - run_start;
+            let b = end.min(run_start + n * BLOCK) - run_start;
+            out.extend_from_slice(&data[a as usize..b as usize]);
+            blk += n;
+        }
+        Ok(out)
+    }
+
+    /// Buffers `data` at `offset` and grows the size; the caller sets times and writes `it`.
+    pub(crate) fn write_data(
+        &mut self,
+        obj: u64,
+        it: &mut InodeItem,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::TooBig)?;
+        let first = offset / BLOCK;
+        let last = (end - 1) / BLOCK;
+        let new_blocks = (first..=last)
+            .filter(|b| !self.dirty.get(&obj).is_some_and(|m| m.contains_key(b)))
+            .count() as u64;
+        self.reserve_data(new_blocks * BLOCK)?;
+        for blk in first..=last {
+            let bs = blk * BLOCK;
+            let a = offset.max(bs);
+            let b = end.min(bs + BLOCK);
+            let whole = a == bs && b == bs + BLOCK;
+            let beyond_eof = bs >= it.size.next_multiple_of(BLOCK);
+            let block = self.dirty_block(obj, blk, whole || beyond_eof)?;
+            block[(a - bs) as usize..(b - bs) as usize]
+                .copy_from_slice(&data[(a - offset) as usize..(b - offset) as usize]);
+        }
+        if end > it.size {
+            it.size = end;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered blocks of `obj` as new extents.
+    pub(crate) fn flush_data(&mut self, obj: u64) -> Result<()> {
+        let Some(blocks) = self.dirty.remove(&obj) else {
+            return Ok(());
+        };
+        self.dirty_bytes -= blocks.len() as u64 * BLOCK;
+        let max_run = (self.opts.max_extent_bytes / BLOCK).max(1);
+        let mut runs: Vec<(u64, Vec<Box<[u8]>>)> = Vec::new();
+        for (blk, data) in blocks {
+            match runs.last_mut() {
+                Some((first, v))
+                    if *first + v.len() as u64 == blk && (v.len() as u64) < max_run =>
+                {
+                    v.push(data)
+                }
+                _ => runs.push((blk, vec![data])),
+            }
+        }
+        let mut it = self.inode(obj)?;
+        // Largest runs first; a run whose extent does not fit a free range is split in two.
+        runs.reverse();
+        while let Some((first, run)) = runs.pop() {
+            let start = first * BLOCK;
+            let len = run.len() as u64 * BLOCK;
+            let o = DataRefOwner {
+                root: TREE,
+                inode: obj,
+                offset: start,
+            };
+            let bytenr = match self.txn()?.alloc_data_extent(len, o) {
+                Ok(b) => b,
+                Err(store::Error::NoSpace { kind: "data", .. }) if run.len() > 1 => {
+                    let mut left = run;
+                    let right = left.split_off(left.len() / 2);
+                    runs.push((first + left.len() as u64, right));
+                    runs.push((first, left));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.changes += 1;
+            let buf: Vec<u8> = run.concat();
+            self.write_extent(bytenr, &buf)?;
+            let removed = self.unmap(obj, start, start + len)?;
+            let fe = FileExtent {
+                kind: ExtentKind::Regular,
+                bytenr,
+                extent_len: len,
+                offset: 0,
+                len,
+                crypt: None,
+            };
+            self.put(Key::new(obj, ty::FILE_EXTENT, start), &fe.encode())?;
+            it.bytes = it.bytes.saturating_sub(removed).saturating_add(len);
+        }
+        self.put_inode(obj, &it)
+    }
+
+    pub(crate) fn flush_all_data(&mut self) -> Result<()> {
+        let objs: Vec<u64> = self.dirty.keys().copied().collect();
+        for obj in objs {
+            self.flush_data(obj)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the size: shrinking zeroes the tail of the last block and unmaps everything after.
+    pub(crate) fn truncate(&mut self, obj: u64, it: &mut InodeItem, size: u64) -> Result<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Error::TooBig);
+        }
+        if size < it.size {
+            let keep = size.div_ceil(BLOCK);
+            self.drop_dirty_range(obj, keep, u64::MAX);
+            if !size.is_multiple_of(BLOCK) {
+                self.zero_in_block(obj, size / BLOCK, (size % BLOCK) as usize, BLOCK as usize)?;
+            }
+            let removed = self.unmap(obj, keep * BLOCK, u64::MAX)?;
+            it.bytes = it.bytes.saturating_sub(removed);
+        }
+        it.size = size;
+        Ok(())
+    }
+
+    /// Punches `[offset, end)`: whole blocks are unmapped, partial edges zeroed.
+    pub(crate) fn punch(
+        &mut self,
+        obj: u64,
+        it: &mut InodeItem,
+        offset: u64,
+        end: u64,
+    ) -> Result<()> {
+        if offset >= end {
+            return Ok(());
+        }
+        let a = offset.next_multiple_of(BLOCK);
+        let b = end / BLOCK * BLOCK;
+        if a > b {
+            // Inside one block.
+            let blk = offset / BLOCK;
+            let bs = blk * BLOCK;
+            return self.zero_in_block(obj, blk, (offset - bs) as usize, (end - bs) as usize);
+        }
+        if offset < a {
+            let blk = offset / BLOCK;
+            self.zero_in_block(obj, blk, (offset - blk * BLOCK) as usize, BLOCK as usize)?;
+        }
+        if end > b {
+            self.zero_in_block(obj, b / BLOCK, 0, (end - b) as usize)?;
+        }
+        self.drop_dirty_range(obj, a / BLOCK, b / BLOCK);
+        let removed = self.unmap(obj, a, b)?;
+        it.bytes = it.bytes.saturating_sub(removed);
+        Ok(())
+    }
+
+    /// Preallocates the holes of `[offset, end)` (rounded out to blocks) as extents that read as
+    /// zeros.
+    pub(crate) fn preallocate(
+        &mut self,
+        obj: u64,
+        it: &mut InodeItem,
+        offset: u64,
+        end: u64,
+    ) -> Result<()> {
+        let a = offset / BLOCK * BLOCK;
+        let b = end.next_multiple_of(BLOCK);
+        let mut holes = Vec::new();
+        let mut pos = a;
+        for (at, fe) in self.extents(obj, a, b)? {
+            if at > pos {
+                holes.push((pos, at));
+            }
+            pos = pos.max(at + fe.len);
+        }
+        if pos < b {
+            holes.push((pos, b));
+        }
+        let need: u64 = holes.iter().map(|(s, e)| e - s).sum();
+        self.reserve_data(need)?;
+        let max = (self.opts.max_extent_bytes / BLOCK).max(1) * BLOCK;
+        for (mut s, e) in holes {
+            while s < e {
+                let mut len = (e - s).min(max);
+                let o = DataRefOwner {
+                    root: TREE,
+                    inode: obj,
+                    offset: s,
+                };
+                // Space was reserved in total; a free range too short for `len` means a
+                // smaller extent.
+                let bytenr = loop {
+                    match self.txn()?.alloc_data_extent(len, o) {
+                        Ok(b) => break b,
+                        Err(store::Error::NoSpace { kind: "data", .. }) if len > BLOCK => {
+                            len = (len / 2).next_multiple_of(BLOCK);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                self.changes += 1;
+                let fe = FileExtent {
+                    kind: ExtentKind::Prealloc,
+                    bytenr,
+                    extent_len: len,
+                    offset: 0,
+                    len,
+                    crypt: None,
+                };
+                self.put(Key::new(obj, ty::FILE_EXTENT, s), &fe.encode())?;
+                it.bytes = it.bytes.saturating_add(len);
+                s += len;
+            }
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE over extent items (preallocated ranges count as data).
+    pub(crate) fn seek(
+        &mut self,
+        obj: u64,
+        it: &InodeItem,
+        offset: u64,
+        data: bool,
+    ) -> Result<u64> {
+        if offset >= it.size {
+            return Err(Error::NoSuchOffset);
+        }
+        self.flush_data(obj)?;
+        let ex = self.extents(obj, offset, u64::MAX)?;
+        if data {
+            match ex.first() {
+                Some((at, _)) if offset.max(*at) < it.size => Ok(offset.max(*at)),
+                _ => Err(Error::NoSuchOffset),
+            }
+        } else {
+            let mut pos = offset;
+            for (at, fe) in &ex {
+                if *at > pos {
+                    break;
+                }
+                pos = pos.max(at + fe.len);
+            }
+            Ok(pos.min(it.size))
+        }
+    }
+
+    /// Reflink: maps `n` bytes of `src` at `off_in` into `dst` at `off_out` by sharing extents
+    /// (both offsets block aligned; a partial last block only where it ends `dst`). Returns
+    /// false, having changed nothing but flushed data, when a piece cannot be described (it
+    /// would start before its extent's start in `dst`); the caller then copies.
+    pub(crate) fn clone_range(
+        &mut self,
+        src: u64,
+        off_in: u64,
+        dst: u64,
+        off_out: u64,
+        n: u64,
+    ) -> Result<bool> {
+        self.flush_data(src)?;
+        self.flush_data(dst)?;
+        let span = n.next_multiple_of(BLOCK);
+        let mut pieces = Vec::new();
+        for (at, fe) in self.extents(src, off_in, off_in + span)? {
+            let a = at.max(off_in);
+            let b = (at + fe.len).min(off_in + span);
+            let piece = FileExtent {
+                offset: fe.offset + (a - at),
+                len: b - a,
+                ..fe
+            };
+            let key_offset = off_out + (a - off_in);
+            if key_offset < piece.offset {
+                return Ok(false);
+            }
+            pieces.push((key_offset, piece));
+        }
+        let mut it = self.inode(dst)?;
+        let removed = self.unmap(dst, off_out, off_out + span)?;
+        it.bytes = it.bytes.saturating_sub(removed);
+        for (key_offset, piece) in pieces {
+            self.put(Key::new(dst, ty::FILE_EXTENT, key_offset), &piece.encode())?;
+            self.add_extent_ref(dst, key_offset, &piece)?;
+            it.bytes = it.bytes.saturating_add(piece.len);
+        }
+        it.size = it.size.max(off_out + n);
+        self.put_inode(dst, &it)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use store::{BlockDevice, MemDevice, Store};
+
+    use super::*;
+    use crate::types::{FileKind, MkfsOptions, OpenOptions};
+
+    fn state() -> (Arc<dyn BlockDevice>, State) {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(32 << 20));
+        crate::Filesystem::mkfs(dev.clone(), &MkfsOptions::default()).unwrap();
+        let store = Arc::new(Store::open(dev.clone()).unwrap());
+        (dev, State::new(store, OpenOptions::default()).unwrap())
+    }
+
+    /// Punching the middle of an extent leaves two items on it, both under the owner of the
+    /// extent's start, so the back-reference counts two.
+    #[test]
+    fn split_items_share_one_owner() {
+        let (_dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &vec![7u8; 64 * 1024])
+            .unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let mut it = s.inode(obj).unwrap();
+        assert_eq!(it.bytes, 65536);
+        s.punch(obj, &mut it, 8192, 16384).unwrap();
+        let ex = s.extents(obj, 0, u64::MAX).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!((ex[0].0, ex[0].1.len), (0, 8192));
+        assert_eq!(
+            (ex[1].0, ex[1].1.offset, ex[1].1.len),
+            (16384, 16384, 49152)
+        );
+        assert_eq!(it.bytes, 57344);
+        let bytenr = ex[0].1.bytenr;
+        let refs = s.txn().unwrap().data_backrefs(bytenr).unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!((refs[0].0.inode, refs[0].0.offset, refs[0].1), (obj, 0, 2));
+        // Unmapping everything frees the extent and its checksums.
+        s.unmap(obj, 0, u64::MAX).unwrap();
+        assert!(s.txn().unwrap().data_extent(bytenr).unwrap().is_none());
+        let csums = s
+            .items_in(
+                tree_id::CSUM_TREE,
+                Key::new(bytenr, ty::DATA_CSUM, 0),
+                Key::new(bytenr, ty::DATA_CSUM, u64::MAX),
+                usize::MAX,
+            )
+            .unwrap();
+        assert!(csums.is_empty());
+    }
+
+    /// A damaged sector is an error on read, never wrong data.
+    #[test]
+    fn reads_verify_checksums() {
+        let (dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &[5u8; 8192]).unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let bytenr = s.extents(obj, 0, 1).unwrap()[0].1.bytenr;
+        let phys = s.store().chunk_map().to_physical(bytenr, 8192).unwrap();
+        assert_eq!(s.read_data(obj, &it, 0, 8192).unwrap(), vec![5u8; 8192]);
+        let raw = s
+            .txn()
+            .unwrap()
+            .data_io()
+            .unwrap()
+            .read_raw(bytenr, 4096, 4096)
+            .unwrap();
+        assert_eq!(raw, [5u8; 4096]);
+        // Change one byte of the second sector on the device.
+        dev.write_at(&[6], phys + 5000).unwrap();
+        assert!(s.read_data(obj, &it, 0, 4096).is_ok());
+        let err = s.read_data(obj, &it, 4096, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::EIO, "{err}");
+    }
+
+    /// An extent with a crypt context reads as an error without its key, never as ciphertext.
+    #[test]
+    fn encrypted_extents_need_a_key() {
+        let (_dev, mut s) = state();
+        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        s.write_data(obj, &mut it, 0, &[1u8; 4096]).unwrap();
+        s.put_inode(obj, &it).unwrap();
+        s.flush_data(obj).unwrap();
+        let (at, mut fe) = s.extents(obj, 0, 1).unwrap().remove(0);
+        fe.crypt = Some(vec![1; 34]);
+        s.put(Key::new(obj, ty::FILE_EXTENT, at), &fe.encode())
+            .unwrap();
+        let err = s.read_data(obj, &it, 0, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOKEY);
+    }
+}

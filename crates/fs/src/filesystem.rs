@@ -1,0 +1,513 @@
+//! The public [`Filesystem`]: lifecycle (mkfs, open, sync, unmount), the background commit
+//! thread, and every operation of docs/FS-API.md. Each call takes the state lock, runs one
+//! operation on the open transaction, and commits when a bound is passed.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use store::{BlockDevice, DataRefs, FileDevice, ItemDataRef, Key, Store};
+
+use crate::check::FsckReport;
+use crate::error::{Error, Result};
+use crate::inspect::Inspection;
+use crate::items::{self, FileExtent, InodeItem, ROOT_OBJECTID, SubvolInfo, ty};
+use crate::state::{State, TREE, objectid};
+use crate::types::{
+    Attr, Caller, DirEntry, FallocMode, Fh, FileKind, Ino, MkfsOptions, OpenFlags, OpenOptions,
+    RenameFlags, SetAttr, StatFs, Timespec, Whence,
+};
+
+/// Item changes after which the open transaction is committed, whatever the timer says.
+const MAX_UNCOMMITTED_CHANGES: u64 = 200_000;
+
+/// Tells the store which items reference data extents: our file extent items.
+struct FileExtentRefs;
+
+impl DataRefs for FileExtentRefs {
+    fn data_ref(&self, key: &Key, value: &[u8]) -> Option<ItemDataRef> {
+        if key.item_type != ty::FILE_EXTENT {
+            return None;
+        }
+        let fe = FileExtent::decode(key, value).ok()?;
+        Some(ItemDataRef {
+            bytenr: fe.bytenr,
+            len: fe.extent_len,
+            inode: key.objectid,
+            offset: key.offset - fe.offset,
+        })
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Set to stop the commit thread.
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An open filesystem. `Send + Sync`: share it through an `Arc`.
+pub struct Filesystem {
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl Filesystem {
+    // --- Lifecycle ----------------------------------------------------------------------------
+
+    /// Makes a new filesystem on `dev`: the store's trees, subvolume 0 and its root directory.
+    pub fn mkfs(dev: Arc<dyn BlockDevice>, opts: &MkfsOptions) -> Result<()> {
+        let store = Store::create(
+            dev,
+            store::MkfsOptions {
+                node_size: opts.node_size,
+                fs_uuid: opts.uuid,
+                label: opts.label.clone(),
+                ..store::MkfsOptions::default()
+            },
+        )?;
+        let mut t = store.begin()?;
+        t.create_tree(TREE)?;
+        let info = SubvolInfo {
+            next_objectid: ROOT_OBJECTID + 1,
+        };
+        t.insert(TREE, Key::new(0, ty::SUBVOL_INFO, 0), &info.encode())?;
+        let now = Timespec::now();
+        let root = InodeItem {
+            kind: FileKind::Dir,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            bytes: 0,
+            generation: t.generation(),
+            next_index: items::FIRST_DIR_INDEX,
+            flags: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+        };
+        t.insert(TREE, Key::new(ROOT_OBJECTID, ty::INODE, 0), &root.encode())?;
+        t.commit()?;
+        Ok(())
+    }
+
+    /// Opens the filesystem on `dev`. A writable open removes orphans a crash left. (Named
+    /// `open_device` because `open` is the open(2) of a file.)
+    pub fn open_device(dev: Arc<dyn BlockDevice>, opts: &OpenOptions) -> Result<Filesystem> {
+        let store = Arc::new(Store::open(dev)?);
+        store.set_data_refs(Arc::new(FileExtentRefs));
+        let mut state = State::new(store, opts.clone())?;
+        if !opts.read_only {
+            state.clean_orphans()?;
+            state.commit()?;
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let committer = if opts.read_only {
+            None
+        } else {
+            let s = shared.clone();
+            let every = opts.commit_interval.max(Duration::from_millis(10));
+            Some(
+                std::thread::Builder::new()
+                    .name("cowfs-commit".into())
+                    .spawn(move || commit_loop(&s, every))
+                    .map_err(|e| {
+                        Error::Store(store::Error::Io {
+                            context: "start the commit thread".into(),
+                            source: e,
+                        })
+                    })?,
+            )
+        };
+        Ok(Filesystem { shared, committer })
+    }
+
+    /// Makes a filesystem in a sparse image file of `size` bytes (created or truncated), or on
+    /// a block device (its whole size; `size` is then ignored).
+    pub fn mkfs_image(path: &Path, size: u64, opts: &MkfsOptions) -> Result<()> {
+        let dev: Arc<dyn BlockDevice> = if is_block_device(path) {
+            Arc::new(FileDevice::open(path, true)?)
+        } else {
+            Arc::new(FileDevice::create(path, size)?)
+        };
+        Filesystem::mkfs(dev, opts)
+    }
+
+    /// Opens the filesystem in an image file or on a block device.
+    pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<Filesystem> {
+        let dev = Arc::new(FileDevice::open(path, !opts.read_only)?);
+        Filesystem::open_device(dev, opts)
+    }
+
+    /// Commits everything; durable on return.
+    pub fn sync(&self) -> Result<()> {
+        self.shared.lock().commit()
+    }
+
+    /// Syncs and stops the commit thread.
+    pub fn unmount(mut self) -> Result<()> {
+        self.stop_committer();
+        let mut s = self.shared.lock();
+        if s.opts.read_only {
+            return Ok(());
+        }
+        s.commit()
+    }
+
+    fn stop_committer(&mut self) {
+        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.wake.notify_all();
+        if let Some(h) = self.committer.take()
+            && h.join().is_err()
+        {
+            eprintln!("cowfs: the commit thread panicked");
+        }
+    }
+
+    /// Runs one operation under the state lock. If it fails after changing items, the
+    /// transaction holds half an operation: the filesystem stops taking changes.
+    fn op<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut s = self.shared.lock();
+        let before = s.changes;
+        let r = f(&mut s);
+        match &r {
+            // Changes all committed (a commit to make room) leave nothing half done.
+            Err(e)
+                if s.changes != before
+                    && s.changes != s.committed_changes
+                    && s.failed.is_none() =>
+            {
+                s.failed = Some(format!("operation failed part way: {e}"));
+                eprintln!("cowfs: {e}; no further changes are accepted, remount to recover");
+            }
+            Ok(_) if s.changes - s.committed_changes > MAX_UNCOMMITTED_CHANGES => {
+                if let Err(e) = s.commit() {
+                    eprintln!("cowfs: commit: {e}");
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
+    // --- Names and attributes -----------------------------------------------------------------
+
+    pub fn lookup(&self, parent: Ino, name: &[u8], c: &Caller) -> Result<Attr> {
+        self.op(|s| s.lookup(objectid(parent)?, name, c))
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        self.op(|s| s.getattr_obj(objectid(ino)?))
+    }
+
+    pub fn setattr(&self, ino: Ino, set: &SetAttr, fh: Option<Fh>, c: &Caller) -> Result<Attr> {
+        self.op(|s| s.setattr(objectid(ino)?, set, fh, c))
+    }
+
+    pub fn access(&self, ino: Ino, mask: i32, c: &Caller) -> Result<()> {
+        self.op(|s| s.access(objectid(ino)?, mask, c))
+    }
+
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        c: &Caller,
+    ) -> Result<Attr> {
+        // Type bits 0 make a regular file, as mknod(2) says.
+        let kind = if mode & libc::S_IFMT == 0 {
+            FileKind::File
+        } else {
+            FileKind::from_mode(mode).ok_or(Error::Invalid("mknod file type"))?
+        };
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(Error::Invalid("mknod of a directory or symlink"));
+        }
+        if matches!(kind, FileKind::CharDev | FileKind::BlockDev) && c.uid != 0 {
+            return Err(Error::Perm);
+        }
+        self.op(|s| s.make(objectid(parent)?, name, kind, mode, rdev, None, c))
+    }
+
+    pub fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, c: &Caller) -> Result<Attr> {
+        self.op(|s| s.make(objectid(parent)?, name, FileKind::Dir, mode, 0, None, c))
+    }
+
+    pub fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], c: &Caller) -> Result<Attr> {
+        self.op(|s| {
+            s.make(
+                objectid(parent)?,
+                name,
+                FileKind::Symlink,
+                0o777,
+                0,
+                Some(target),
+                c,
+            )
+        })
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.op(|s| s.readlink(objectid(ino)?))
+    }
+
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8], c: &Caller) -> Result<Attr> {
+        self.op(|s| s.link(objectid(ino)?, objectid(new_parent)?, new_name, c))
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8], c: &Caller) -> Result<()> {
+        self.op(|s| s.unlink(objectid(parent)?, name, c))
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8], c: &Caller) -> Result<()> {
+        self.op(|s| s.rmdir(objectid(parent)?, name, c))
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        c: &Caller,
+    ) -> Result<()> {
+        self.op(|s| {
+            s.rename(
+                objectid(parent)?,
+                name,
+                objectid(new_parent)?,
+                new_name,
+                flags,
+                c,
+            )
+        })
+    }
+
+    /// Kernel lookup counts: an unlinked inode lives until forgotten and closed.
+    pub fn forget(&self, ino: Ino, nlookup: u64) {
+        let r = self.op(|s| s.forget(objectid(ino)?, nlookup));
+        if let Err(e) = r {
+            eprintln!("cowfs: forget {ino}: {e}");
+        }
+    }
+
+    // --- Files --------------------------------------------------------------------------------
+
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: OpenFlags,
+        c: &Caller,
+    ) -> Result<(Attr, Fh)> {
+        self.op(|s| s.create(objectid(parent)?, name, mode, flags, c))
+    }
+
+    pub fn open(&self, ino: Ino, flags: OpenFlags, c: &Caller) -> Result<Fh> {
+        self.op(|s| s.open(objectid(ino)?, flags, c))
+    }
+
+    pub fn read(&self, ino: Ino, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.op(|s| s.read(objectid(ino)?, fh, offset, size))
+    }
+
+    /// Writes at `offset`, or at the end of file for a handle opened with O_APPEND.
+    pub fn write(&self, ino: Ino, fh: Fh, offset: u64, data: &[u8], c: &Caller) -> Result<u32> {
+        self.op(|s| s.write(objectid(ino)?, fh, offset, data, c))
+    }
+
+    pub fn flush(&self, ino: Ino, fh: Fh) -> Result<()> {
+        self.op(|s| s.handle(objectid(ino)?, fh).map(drop))
+    }
+
+    pub fn release(&self, ino: Ino, fh: Fh) -> Result<()> {
+        self.op(|s| s.release(objectid(ino)?, fh))
+    }
+
+    /// Durable on return. The whole transaction commits (there is one log: the tree).
+    pub fn fsync(&self, ino: Ino, fh: Fh, _datasync: bool) -> Result<()> {
+        self.op(|s| {
+            s.handle(objectid(ino)?, fh)?;
+            s.commit()
+        })
+    }
+
+    pub fn fallocate(
+        &self,
+        ino: Ino,
+        fh: Fh,
+        offset: u64,
+        len: u64,
+        mode: FallocMode,
+        c: &Caller,
+    ) -> Result<()> {
+        self.op(|s| s.fallocate(objectid(ino)?, fh, offset, len, mode, c))
+    }
+
+    /// SEEK_DATA / SEEK_HOLE; ENXIO at or past end of file.
+    pub fn lseek(&self, ino: Ino, fh: Fh, offset: u64, whence: Whence) -> Result<u64> {
+        self.op(|s| s.lseek(objectid(ino)?, fh, offset, whence))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file_range(
+        &self,
+        ino_in: Ino,
+        fh_in: Fh,
+        off_in: u64,
+        ino_out: Ino,
+        fh_out: Fh,
+        off_out: u64,
+        len: u64,
+        c: &Caller,
+    ) -> Result<u64> {
+        self.op(|s| {
+            s.copy_file_range(
+                objectid(ino_in)?,
+                fh_in,
+                off_in,
+                objectid(ino_out)?,
+                fh_out,
+                off_out,
+                len,
+                c,
+            )
+        })
+    }
+
+    // --- Directories --------------------------------------------------------------------------
+
+    pub fn opendir(&self, ino: Ino, c: &Caller) -> Result<Fh> {
+        self.op(|s| s.opendir(objectid(ino)?, c))
+    }
+
+    /// Entries after `cookie` (0 = from the start), "." and ".." included.
+    pub fn readdir(&self, ino: Ino, fh: Fh, cookie: u64, max: usize) -> Result<Vec<DirEntry>> {
+        self.op(|s| s.readdir(objectid(ino)?, fh, cookie, max))
+    }
+
+    pub fn readdirplus(
+        &self,
+        ino: Ino,
+        fh: Fh,
+        cookie: u64,
+        max: usize,
+    ) -> Result<Vec<(DirEntry, Attr)>> {
+        self.op(|s| s.readdirplus(objectid(ino)?, fh, cookie, max))
+    }
+
+    pub fn releasedir(&self, ino: Ino, fh: Fh) -> Result<()> {
+        self.op(|s| s.release(objectid(ino)?, fh))
+    }
+
+    pub fn fsyncdir(&self, ino: Ino, fh: Fh, _datasync: bool) -> Result<()> {
+        self.op(|s| {
+            s.handle(objectid(ino)?, fh)?;
+            s.commit()
+        })
+    }
+
+    // --- Extended attributes ------------------------------------------------------------------
+
+    /// `flags`: XATTR_CREATE (1) | XATTR_REPLACE (2).
+    pub fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+        c: &Caller,
+    ) -> Result<()> {
+        self.op(|s| s.setxattr(objectid(ino)?, name, value, flags, c))
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8], c: &Caller) -> Result<Vec<u8>> {
+        self.op(|s| s.getxattr(objectid(ino)?, name, c))
+    }
+
+    pub fn listxattr(&self, ino: Ino, c: &Caller) -> Result<Vec<Vec<u8>>> {
+        self.op(|s| s.listxattr(objectid(ino)?, c))
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8], c: &Caller) -> Result<()> {
+        self.op(|s| s.removexattr(objectid(ino)?, name, c))
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        self.op(|s| s.statfs())
+    }
+
+    // --- Offline tools ------------------------------------------------------------------------
+
+    /// The store's check and the filesystem's own; every fault found is listed.
+    pub fn check(&self) -> Result<FsckReport> {
+        self.op(|s| s.check())
+    }
+
+    /// Everything on disk, for humans (Display) and programs (serde).
+    pub fn inspect(&self) -> Result<Inspection> {
+        self.op(|s| s.inspect())
+    }
+}
+
+impl Drop for Filesystem {
+    fn drop(&mut self) {
+        self.stop_committer();
+        let mut s = self.shared.lock();
+        if !s.opts.read_only
+            && s.failed.is_none()
+            && let Err(e) = s.commit()
+        {
+            eprintln!("cowfs: commit at unmount: {e}");
+        }
+    }
+}
+
+/// Commits a dirty transaction every `every` until told to stop.
+fn commit_loop(shared: &Shared, every: Duration) {
+    loop {
+        let stop = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock before waiting, so a stop sent before this thread first
+        // waits is not lost.
+        let (stop, _) = shared
+            .wake
+            .wait_timeout_while(stop, every, |stop| !*stop)
+            .unwrap_or_else(|p| p.into_inner());
+        if *stop {
+            return;
+        }
+        drop(stop);
+        let mut s = shared.lock();
+        let dirty = s.changes != s.committed_changes || s.dirty_bytes > 0;
+        if dirty
+            && s.failed.is_none()
+            && let Err(e) = s.commit()
+        {
+            eprintln!("cowfs: periodic commit: {e}");
+        }
+    }
+}
+
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}

@@ -1,0 +1,540 @@
+//! The filesystem's mutable state behind one lock: the open write transaction every operation
+//! reads and changes, the handle and lookup tables, and the item-level helpers (inodes,
+//! directory entries, back-references to parents) the operations are built from.
+//!
+//! Every operation validates first and changes items after. If a change fails part way (an I/O
+//! error, a full device inside the store) the transaction may hold half an operation, so the
+//! filesystem stops taking changes and commits nothing more (like ext4's errors=remount-ro):
+//! the last commit stays the truth on disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use store::{Key, Store, WriteTxn, tree_id};
+
+use crate::error::{Error, Result};
+use crate::items::{
+    self, DirEntryItem, FIRST_DIR_INDEX, InodeItem, InodeRef, ORPHAN_OBJECTID, ROOT_OBJECTID,
+    SubvolInfo, name_hash, ty,
+};
+use crate::types::{Attr, FileKind, Ino, NAME_MAX, OpenFlags, OpenOptions, Timespec};
+
+/// The tree of subvolume 0 (the only one until subvolumes arrive).
+pub(crate) const TREE: u64 = tree_id::FIRST_SUBVOL_TREE;
+/// Bits of an inode number that hold the object id.
+const OBJECTID_MASK: u64 = (1 << 48) - 1;
+/// Block size of file data and of `st_blksize`.
+pub(crate) const BLOCK: u64 = 4096;
+
+/// An open file or directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Handle {
+    pub objectid: u64,
+    pub flags: OpenFlags,
+    pub dir: bool,
+}
+
+pub(crate) struct State {
+    store: Arc<Store>,
+    txn: Option<WriteTxn<'static>>,
+    pub opts: OpenOptions,
+    /// Item changes made since open (never reset: a failed operation is one whose count moved).
+    pub changes: u64,
+    /// `changes` at the last commit.
+    pub committed_changes: u64,
+    /// Why the filesystem stopped taking changes.
+    pub failed: Option<String>,
+    next_objectid: u64,
+    pub handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    /// Open handles per object id.
+    pub opens: HashMap<u64, u64>,
+    /// Kernel lookup counts per object id (only with `OpenOptions::lookup_counts`).
+    pub lookups: HashMap<u64, u64>,
+    /// Buffered file data: object id -> block index -> one block.
+    pub dirty: BTreeMap<u64, BTreeMap<u64, Box<[u8]>>>,
+    pub dirty_bytes: u64,
+}
+
+/// The object id inside subvolume 0 that `ino` names.
+pub(crate) fn objectid(ino: Ino) -> Result<u64> {
+    let obj = ino & OBJECTID_MASK;
+    if ino >> 48 != 0 || obj == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(obj)
+}
+
+pub(crate) fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(Error::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(Error::Invalid("bad name"));
+    }
+    Ok(())
+}
+
+impl State {
+    pub fn new(store: Arc<Store>, opts: OpenOptions) -> Result<State> {
+        let mut s = State {
+            store,
+            txn: None,
+            opts,
+            changes: 0,
+            committed_changes: 0,
+            failed: None,
+            next_objectid: 0,
+            handles: HashMap::new(),
+            next_fh: 1,
+            opens: HashMap::new(),
+            lookups: HashMap::new(),
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+        };
+        let key = Key::new(0, ty::SUBVOL_INFO, 0);
+        let info = match s.get(&key)? {
+            Some(v) => SubvolInfo::decode(&key, &v)?,
+            None => return Err(Error::corrupt(&key, "no subvolume info")),
+        };
+        s.next_objectid = info.next_objectid;
+        Ok(s)
+    }
+
+    /// Object ids handed out so far (an upper bound on inodes in use).
+    pub fn next_objectid_hint(&self) -> u64 {
+        self.next_objectid
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The open transaction, begun on first use.
+    pub fn txn(&mut self) -> Result<&mut WriteTxn<'static>> {
+        let t = match self.txn.take() {
+            Some(t) => t,
+            None => self.store.begin_owned()?,
+        };
+        Ok(self.txn.insert(t))
+    }
+
+    /// Reads see the open transaction, so they see every change made so far.
+    pub fn get(&mut self, key: &Key) -> Result<Option<Vec<u8>>> {
+        Ok(self.txn()?.get(TREE, key)?)
+    }
+
+    /// Items of the subvolume tree with keys in `[lo, hi]`, in order.
+    pub fn items(&mut self, lo: Key, hi: Key) -> Result<Vec<(Key, Vec<u8>)>> {
+        self.items_in(TREE, lo, hi, usize::MAX)
+    }
+
+    pub fn items_in(
+        &mut self,
+        tree: u64,
+        lo: Key,
+        hi: Key,
+        max: usize,
+    ) -> Result<Vec<(Key, Vec<u8>)>> {
+        let t = self.txn()?;
+        let mut out = Vec::new();
+        for r in t.range(tree, lo..=hi)? {
+            out.push(r?);
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last item with a key in `[lo, hi]`.
+    pub fn last_item(&mut self, lo: Key, hi: Key) -> Result<Option<(Key, Vec<u8>)>> {
+        let t = self.txn()?;
+        match t.range(TREE, lo..=hi)?.next_back() {
+            Some(r) => Ok(Some(r?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put(&mut self, key: Key, value: &[u8]) -> Result<()> {
+        self.put_in(TREE, key, value)
+    }
+
+    pub fn put_in(&mut self, tree: u64, key: Key, value: &[u8]) -> Result<()> {
+        self.changes += 1;
+        self.txn()?.insert(tree, key, value)?;
+        Ok(())
+    }
+
+    pub fn del(&mut self, key: &Key) -> Result<bool> {
+        self.del_in(TREE, key)
+    }
+
+    pub fn del_in(&mut self, tree: u64, key: &Key) -> Result<bool> {
+        self.changes += 1;
+        Ok(self.txn()?.delete(tree, key)?)
+    }
+
+    /// Commits the open transaction if it changed anything. Durable on return.
+    pub fn commit(&mut self) -> Result<()> {
+        self.check_not_stopped()?;
+        self.flush_all_data()?;
+        if self.changes == self.committed_changes {
+            return Ok(());
+        }
+        if let Some(t) = self.txn.take() {
+            let r = t.commit();
+            if let Err(e) = &r {
+                self.failed = Some(format!("commit failed: {e}"));
+            }
+            r?;
+        }
+        self.committed_changes = self.changes;
+        Ok(())
+    }
+
+    /// Refuses a change when the filesystem is read-only or has stopped taking changes, or when
+    /// metadata space is so low that an operation could run out part way.
+    pub fn writable(&mut self) -> Result<()> {
+        self.check_not_stopped()?;
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let st = self.txn()?.stats();
+        let node = self.txn()?.max_value_size() as u64 * 4;
+        // An operation changes a handful of items; each may copy a path of a few nodes.
+        if st.metadata.free < st.metadata_reserve + 64 * node {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    fn check_not_stopped(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(Error::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`State::writable`] for removals (unlink, rmdir): they may use the store's metadata
+    /// reserve, so a full filesystem can still be emptied.
+    pub fn writable_for_delete(&mut self) -> Result<()> {
+        self.check_not_stopped()?;
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.txn()?.allow_reserve();
+        Ok(())
+    }
+
+    // --- Inodes -------------------------------------------------------------------------------
+
+    pub fn inode(&mut self, obj: u64) -> Result<InodeItem> {
+        let key = Key::new(obj, ty::INODE, 0);
+        match self.get(&key)? {
+            Some(v) => InodeItem::decode(&key, &v),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    pub fn put_inode(&mut self, obj: u64, it: &InodeItem) -> Result<()> {
+        self.put(Key::new(obj, ty::INODE, 0), &it.encode())
+    }
+
+    pub fn attr(&self, obj: u64, it: &InodeItem) -> Attr {
+        Attr {
+            ino: obj,
+            kind: it.kind,
+            perm: (it.perm & 0o7777) as u16,
+            nlink: it.nlink,
+            uid: it.uid,
+            gid: it.gid,
+            rdev: it.rdev,
+            size: it.size,
+            blocks: it.bytes.div_ceil(512),
+            blksize: BLOCK as u32,
+            atime: it.atime,
+            mtime: it.mtime,
+            ctime: it.ctime,
+            crtime: it.crtime,
+            generation: it.generation,
+        }
+    }
+
+    pub fn getattr_obj(&mut self, obj: u64) -> Result<Attr> {
+        let it = self.inode(obj)?;
+        Ok(self.attr(obj, &it))
+    }
+
+    /// A new inode with one link (two for a directory) and a fresh object id.
+    pub fn new_inode(
+        &mut self,
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> Result<(u64, InodeItem)> {
+        let obj = self.next_objectid;
+        if obj >= ORPHAN_OBJECTID {
+            return Err(Error::NoSpace);
+        }
+        self.next_objectid += 1;
+        let info = SubvolInfo {
+            next_objectid: self.next_objectid,
+        };
+        self.put(Key::new(0, ty::SUBVOL_INFO, 0), &info.encode())?;
+        let now = Timespec::now();
+        let generation = self.txn()?.generation();
+        let it = InodeItem {
+            kind,
+            perm: perm & 0o7777,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            uid,
+            gid,
+            rdev,
+            size: 0,
+            bytes: 0,
+            generation,
+            next_index: FIRST_DIR_INDEX,
+            flags: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+        };
+        self.put_inode(obj, &it)?;
+        Ok((obj, it))
+    }
+
+    /// Removes an inode and everything it owns: items, data references, buffered data.
+    pub fn evict(&mut self, obj: u64) -> Result<()> {
+        if let Some(blocks) = self.dirty.remove(&obj) {
+            self.dirty_bytes -= blocks.len() as u64 * BLOCK;
+        }
+        let items = self.items(Key::new(obj, 0, 0), Key::new(obj, u8::MAX, u64::MAX))?;
+        for (k, v) in items {
+            if k.item_type == ty::FILE_EXTENT {
+                let fe = items::FileExtent::decode(&k, &v)?;
+                self.drop_extent_ref(obj, k.offset, &fe)?;
+            }
+            self.del(&k)?;
+        }
+        self.del(&Key::new(ORPHAN_OBJECTID, ty::ORPHAN, obj))?;
+        Ok(())
+    }
+
+    /// An inode whose last link went: removed now, or kept as an orphan while it is open or
+    /// known to the kernel.
+    pub fn unlinked(&mut self, obj: u64) -> Result<()> {
+        if self.in_use(obj) {
+            self.put(
+                Key::new(ORPHAN_OBJECTID, ty::ORPHAN, obj),
+                &items::encode_orphan(),
+            )
+        } else {
+            self.evict(obj)
+        }
+    }
+
+    pub fn in_use(&self, obj: u64) -> bool {
+        self.opens.get(&obj).is_some_and(|&n| n > 0)
+            || self.lookups.get(&obj).is_some_and(|&n| n > 0)
+    }
+
+    /// Called when an inode loses an open handle or a lookup: evicts an orphan nobody uses.
+    pub fn maybe_evict(&mut self, obj: u64) -> Result<()> {
+        if self.in_use(obj) || self.opts.read_only || self.failed.is_some() {
+            return Ok(());
+        }
+        match self.inode(obj) {
+            Ok(it) if it.nlink == 0 => self.evict(obj),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes orphans left by a crash or an unmount with open files.
+    pub fn clean_orphans(&mut self) -> Result<usize> {
+        let orphans = self.items(
+            Key::new(ORPHAN_OBJECTID, ty::ORPHAN, 0),
+            Key::new(ORPHAN_OBJECTID, ty::ORPHAN, u64::MAX),
+        )?;
+        let n = orphans.len();
+        for (k, _) in orphans {
+            self.evict(k.offset)?;
+        }
+        Ok(n)
+    }
+
+    // --- Handles ------------------------------------------------------------------------------
+
+    pub fn add_handle(&mut self, obj: u64, flags: OpenFlags, dir: bool) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(
+            fh,
+            Handle {
+                objectid: obj,
+                flags,
+                dir,
+            },
+        );
+        *self.opens.entry(obj).or_default() += 1;
+        fh
+    }
+
+    pub fn handle(&self, obj: u64, fh: u64) -> Result<Handle> {
+        match self.handles.get(&fh) {
+            Some(h) if h.objectid == obj => Ok(h.clone()),
+            _ => Err(Error::BadHandle),
+        }
+    }
+
+    pub fn remove_handle(&mut self, obj: u64, fh: u64) -> Result<()> {
+        self.handle(obj, fh)?;
+        self.handles.remove(&fh);
+        if let Some(n) = self.opens.get_mut(&obj) {
+            *n -= 1;
+            if *n == 0 {
+                self.opens.remove(&obj);
+            }
+        }
+        Ok(())
+    }
+
+    /// One more kernel reference from an entry reply.
+    pub fn looked_up(&mut self, obj: u64) {
+        if self.opts.lookup_counts {
+            *self.lookups.entry(obj).or_default() += 1;
+        }
+    }
+
+    // --- Directory entries --------------------------------------------------------------------
+
+    /// The entry `name` of directory `dir`.
+    pub fn find_entry(&mut self, dir: u64, name: &[u8]) -> Result<Option<DirEntryItem>> {
+        let key = Key::new(dir, ty::DIR_ITEM, name_hash(name));
+        let Some(v) = self.get(&key)? else {
+            return Ok(None);
+        };
+        let es = items::decode_dir_items(&key, &v)?;
+        Ok(es.into_iter().find(|e| e.name == name))
+    }
+
+    /// Adds entry `name` -> `child` to `dir`, with its index and the child's back-reference.
+    /// Updates the directory's size, index counter and times.
+    pub fn add_entry(&mut self, dir: u64, name: &[u8], child: u64, kind: FileKind) -> Result<u64> {
+        let mut d = self.inode(dir)?;
+        let index = d.next_index;
+        d.next_index = index.checked_add(1).ok_or(Error::NoSpace)?;
+        d.size = d.size.saturating_add(2 * name.len() as u64);
+        let now = Timespec::now();
+        d.mtime = now;
+        d.ctime = now;
+        self.put_inode(dir, &d)?;
+        let e = DirEntryItem {
+            child,
+            kind,
+            index,
+            name: name.to_vec(),
+        };
+        let key = Key::new(dir, ty::DIR_ITEM, name_hash(name));
+        let mut es = match self.get(&key)? {
+            Some(v) => items::decode_dir_items(&key, &v)?,
+            None => Vec::new(),
+        };
+        es.push(e.clone());
+        self.put(key, &items::encode_dir_items(&es))?;
+        self.put(
+            Key::new(dir, ty::DIR_INDEX, index),
+            &items::encode_dir_index(&e),
+        )?;
+        let rkey = Key::new(child, ty::INODE_REF, dir);
+        let mut refs = match self.get(&rkey)? {
+            Some(v) => items::decode_inode_refs(&rkey, &v)?,
+            None => Vec::new(),
+        };
+        refs.push(InodeRef {
+            index,
+            name: name.to_vec(),
+        });
+        self.put(rkey, &items::encode_inode_refs(&refs))?;
+        Ok(index)
+    }
+
+    /// Removes entry `name` from `dir` (which must exist) with its index and back-reference.
+    pub fn remove_entry(&mut self, dir: u64, name: &[u8]) -> Result<DirEntryItem> {
+        let key = Key::new(dir, ty::DIR_ITEM, name_hash(name));
+        let v = self.get(&key)?.ok_or(Error::NotFound)?;
+        let mut es = items::decode_dir_items(&key, &v)?;
+        let at = es
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or(Error::NotFound)?;
+        let e = es.remove(at);
+        if es.is_empty() {
+            self.del(&key)?;
+        } else {
+            self.put(key, &items::encode_dir_items(&es))?;
+        }
+        self.del(&Key::new(dir, ty::DIR_INDEX, e.index))?;
+        let rkey = Key::new(e.child, ty::INODE_REF, dir);
+        if let Some(v) = self.get(&rkey)? {
+            let mut refs = items::decode_inode_refs(&rkey, &v)?;
+            refs.retain(|r| r.index != e.index);
+            if refs.is_empty() {
+                self.del(&rkey)?;
+            } else {
+                self.put(rkey, &items::encode_inode_refs(&refs))?;
+            }
+        }
+        let mut d = self.inode(dir)?;
+        d.size = d.size.saturating_sub(2 * name.len() as u64);
+        let now = Timespec::now();
+        d.mtime = now;
+        d.ctime = now;
+        self.put_inode(dir, &d)?;
+        Ok(e)
+    }
+
+    /// The parent of directory `dir` (the root is its own parent).
+    pub fn parent_of(&mut self, dir: u64) -> Result<u64> {
+        if dir == ROOT_OBJECTID {
+            return Ok(ROOT_OBJECTID);
+        }
+        let r = self.items_in(
+            TREE,
+            Key::new(dir, ty::INODE_REF, 0),
+            Key::new(dir, ty::INODE_REF, u64::MAX),
+            1,
+        )?;
+        r.first().map(|(k, _)| k.offset).ok_or(Error::NotFound)
+    }
+
+    /// Whether directory `dir` has entries.
+    pub fn dir_has_entries(&mut self, dir: u64) -> Result<bool> {
+        let r = self.items_in(
+            TREE,
+            Key::new(dir, ty::DIR_INDEX, 0),
+            Key::new(dir, ty::DIR_INDEX, u64::MAX),
+            1,
+        )?;
+        Ok(!r.is_empty())
+    }
+
+    /// Up to `max` entries of `dir` with index above `after`.
+    pub fn dir_entries(&mut self, dir: u64, after: u64, max: usize) -> Result<Vec<DirEntryItem>> {
+        if after == u64::MAX {
+            return Ok(Vec::new());
+        }
+        let r = self.items_in(
+            TREE,
+            Key::new(dir, ty::DIR_INDEX, after + 1),
+            Key::new(dir, ty::DIR_INDEX, u64::MAX),
+            max,
+        )?;
+        r.iter()
+            .map(|(k, v)| items::decode_dir_index(k, v))
+            .collect()
+    }
+}
