@@ -6,7 +6,12 @@
 //! under the bound however large the tree grows. Each entry is charged what its decoded node
 //! really takes ([`Node::mem_bytes`]: a packed leaf only the bytes in use) plus the cache's own
 //! bookkeeping, so the bound is on memory, not on a count of nodes. Dirty nodes never live here:
-//! the transaction holds them until commit writes them out.
+//! the transaction holds them until commit writes them out, then offers what it wrote.
+//!
+//! Once full, the cache admits only one leaf read from disk in eight ([`NodeCache::admits`]):
+//! random or scanning reads would otherwise swap one cached leaf for another at the price of a
+//! copy, an eviction and a free per miss, for no gain in hits. A declined leaf is used in place
+//! in the reading thread's block buffer ([`take_read_buffer`], [`recycle_read_buffer`]).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -112,7 +117,7 @@ impl NodeCache {
 
     /// Whether a node just read from disk at `level` should be kept. Internal nodes always are
     /// (every lookup passes through them), and so is everything while there is room. A full cache
-    /// admits one leaf read in [`ADMIT_ONE_IN`]: under random or scanning reads, which gain
+    /// admits one leaf read in eight: under random or scanning reads, which gain
     /// nothing from swapping one cached leaf for another, that saves most misses a copy, an
     /// eviction and a free, while a leaf read again and again still gets in after a few reads
     /// and then stays (CLOCK keeps what is hit). Written nodes are always offered by the commit.
