@@ -578,6 +578,68 @@ mod tests {
         bg.check().unwrap();
     }
 
+    /// A tree made, filled, dropped and released within one transaction, an empty tree, and an
+    /// id reused at once: nothing leaks, nothing is freed twice, and the estimate shrinks as the
+    /// work goes on.
+    #[test]
+    fn drop_in_the_same_transaction_and_id_reuse() {
+        let store = Store::create(Arc::new(MemDevice::new(32 * MIB)), opts()).unwrap();
+        let before = store.stats();
+        let mut t = store.begin().unwrap();
+        t.create_tree(256).unwrap();
+        t.create_tree(257).unwrap();
+        for i in 0..3000 {
+            t.insert(256, k(i), &[3; 50]).unwrap();
+        }
+        t.drop_tree_background(256).unwrap();
+        t.drop_tree_background(257).unwrap();
+        assert!(matches!(
+            t.drop_tree_background(256),
+            Err(Error::NoSuchTree(256))
+        ));
+        // The id is free again at once.
+        t.create_tree(256).unwrap();
+        t.insert(256, k(1), b"new tree").unwrap();
+        let p = t.continue_tree_drops(10).unwrap();
+        assert_eq!((p.pending, p.finished), (1, 0), "{p:?}");
+        t.commit().unwrap();
+        store.check().unwrap();
+        let mut last = store.pending_deletion().unwrap();
+        assert_eq!(last.trees, 1);
+        loop {
+            let mut t = store.begin().unwrap();
+            let p = t.continue_tree_drops(8).unwrap();
+            t.commit().unwrap();
+            store.check().unwrap();
+            let now = store.pending_deletion().unwrap();
+            assert!(
+                now.bytes_estimate <= last.bytes_estimate,
+                "{now:?} {last:?}"
+            );
+            last = now;
+            if p.is_done() {
+                break;
+            }
+        }
+        assert_eq!(last, PendingDeletion::default());
+        assert_eq!(
+            store.read().get(256, &k(1)).unwrap().as_deref(),
+            Some(&b"new tree"[..])
+        );
+        let mut t = store.begin().unwrap();
+        t.drop_tree(256).unwrap();
+        t.commit().unwrap();
+        store.begin().unwrap().commit().unwrap();
+        store.begin().unwrap().commit().unwrap();
+        assert_eq!(store.stats().metadata.used(), before.metadata.used());
+        // Store trees are not dropped.
+        let mut t = store.begin().unwrap();
+        assert!(
+            t.drop_tree_background(crate::key::tree_id::EXTENT_TREE)
+                .is_err()
+        );
+    }
+
     /// Drops interleaved with writes, snapshots and other drops, with a remount between steps:
     /// every state passes the checker, and the end state is the starting one.
     #[test]
