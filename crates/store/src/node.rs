@@ -49,7 +49,9 @@ struct Slot {
 /// cache: the leaf's on-disk item headers followed by its packed values, in one buffer and
 /// nothing else. It costs one allocation and one copy to make, and memory for exactly the bytes
 /// in use (a leaf's free space is not kept), so the cache's byte bound holds as many leaves as
-/// possible. Lookups binary-search the headers in place.
+/// possible. Lookups binary-search the headers in place. A leaf the cache declines is packed
+/// without any copy: its `data` is then the whole block as read, headers after the node header
+/// and the free gap left where it is ([`Node::decode_in_place`]).
 ///
 /// The *editable* form is what a transaction changes: sorted slots with their values in one
 /// shared buffer (two allocations, not one per item). Replaced and removed values leave garbage
@@ -59,8 +61,8 @@ struct Slot {
 pub struct Leaf {
     /// Editable form: the items in key order. Empty in the packed form.
     slots: Vec<Slot>,
-    /// Editable form: the values. Packed form: `packed` item headers (25 bytes each, as on disk),
-    /// then the values.
+    /// Editable form: the values. Packed form: `packed` item headers (25 bytes each, as on disk)
+    /// and the values.
     data: Vec<u8>,
     /// Editable form: bytes of `data` no slot refers to.
     garbage: usize,
