@@ -129,8 +129,9 @@ impl Leaf {
     fn editable(&self) -> Leaf {
         let n = self.packed;
         let values = &self.data[self.vstart..];
-        // Room to grow: a leaf being changed usually gains items before it is split or written.
-        let mut data = Vec::with_capacity(values.len() * 3 / 2 + 512);
+        // Room for a few more items: a copied leaf usually takes one or two changes before it is
+        // written (a transaction holds every leaf it copies, so slack here costs memory).
+        let mut data = Vec::with_capacity(values.len() + values.len() / 8 + 512);
         data.extend_from_slice(values);
         let base = self.shift + self.vstart;
         let slots = (0..n)
