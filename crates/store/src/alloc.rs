@@ -182,6 +182,9 @@ pub struct Allocator {
     meta_reserve: u64,
     /// Where the next search starts, per kind (next-fit).
     hints: [u64; 3],
+    /// Free bytes per kind, kept in step with the chunks' free sets (read on every allocation
+    /// and every tree change's space check).
+    free_bytes: [u64; 3],
 }
 
 fn kind_index(k: ChunkKind) -> usize {
@@ -224,6 +227,7 @@ impl Allocator {
     ) -> Result<Self> {
         let mut map = BTreeMap::new();
         let mut meta_total = 0;
+        let mut free_bytes = [0; 3];
         for (m, free) in chunks {
             if let Some((s, l)) = free.iter().find(|&(s, l)| {
                 s < m.logical || s.checked_add(l).is_none_or(|e| e > m.logical_end())
@@ -236,6 +240,7 @@ impl Allocator {
             if m.kind == ChunkKind::Metadata {
                 meta_total += m.length;
             }
+            free_bytes[kind_index(m.kind)] += free.total();
             map.insert(
                 m.logical,
                 ChunkSpace {
@@ -256,6 +261,7 @@ impl Allocator {
             sector_size,
             meta_reserve,
             hints: [0; 3],
+            free_bytes,
         })
     }
 
@@ -286,11 +292,11 @@ impl Allocator {
         if len == 0 || len > 1 << 50 {
             return Err(no_space());
         }
-        if kind == ChunkKind::Metadata && !use_reserve {
-            let free = self.stats(kind).free;
-            if free < len + self.meta_reserve {
-                return Err(no_space());
-            }
+        if kind == ChunkKind::Metadata
+            && !use_reserve
+            && self.free_bytes(kind) < len + self.meta_reserve
+        {
+            return Err(no_space());
         }
         let align = if kind == ChunkKind::Data {
             self.sector_size
@@ -299,32 +305,38 @@ impl Allocator {
         };
         let hint = self.hints[kind_index(kind)];
         // Chunks from the one holding the hint onwards, then the rest.
-        let order: Vec<u64> = self
+        // (Searched without collecting: this runs for every node a transaction copies.)
+        let first = self
             .chunks
-            .values()
-            .filter(|c| c.mapping.kind == kind)
-            .map(|c| c.mapping.logical)
-            .collect();
-        let first = order
-            .iter()
-            .position(|&l| self.chunks[&l].mapping.contains(hint))
-            .unwrap_or(0);
-        for i in 0..order.len() {
-            let logical = order[(first + i) % order.len()];
-            let c = self.chunks.get_mut(&logical).ok_or_else(no_space)?;
-            let h = if c.mapping.contains(hint) {
-                hint
-            } else {
-                c.mapping.logical
-            };
-            if let Some(at) = c.free.find(len, align, h) {
-                c.free.remove(at, len)?;
-                self.dirty.insert(logical);
-                self.hints[kind_index(kind)] = at + len;
-                return Ok(at);
-            }
-        }
-        Err(no_space())
+            .range(..=hint)
+            .next_back()
+            .filter(|(_, c)| c.mapping.kind == kind && c.mapping.contains(hint))
+            .map_or(0, |(&l, _)| l);
+        let found = self
+            .chunks
+            .range(first..)
+            .chain(self.chunks.range(..first))
+            .filter(|(_, c)| c.mapping.kind == kind)
+            .find_map(|(&logical, c)| {
+                let h = if c.mapping.contains(hint) {
+                    hint
+                } else {
+                    c.mapping.logical
+                };
+                c.free.find(len, align, h).map(|at| (logical, at))
+            });
+        let (logical, at) = found.ok_or_else(no_space)?;
+        let c = self.chunks.get_mut(&logical).ok_or_else(no_space)?;
+        c.free.remove(at, len)?;
+        self.free_bytes[kind_index(kind)] -= len;
+        self.dirty.insert(logical);
+        self.hints[kind_index(kind)] = at + len;
+        Ok(at)
+    }
+
+    /// Bytes of `kind` allocatable now (the reserve included).
+    pub fn free_bytes(&self, kind: ChunkKind) -> u64 {
+        self.free_bytes[kind_index(kind)]
     }
 
     fn chunk_of(&mut self, start: u64, len: u64) -> Result<&mut ChunkSpace> {
@@ -345,7 +357,8 @@ impl Allocator {
     pub fn free_now(&mut self, start: u64, len: u64) -> Result<()> {
         let c = self.chunk_of(start, len)?;
         c.free.insert(start, len)?;
-        let l = c.mapping.logical;
+        let (l, k) = (c.mapping.logical, kind_index(c.mapping.kind));
+        self.free_bytes[k] += len;
         self.dirty.insert(l);
         Ok(())
     }
@@ -383,6 +396,8 @@ impl Allocator {
                 let c = self.chunk_of(start, len)?;
                 c.pinned.remove(start, len)?;
                 c.free.insert(start, len)?;
+                let k = kind_index(c.mapping.kind);
+                self.free_bytes[k] += len;
                 // Free plus pinned is unchanged, so the free-space tree is too.
             }
             if !keep.is_empty() {
@@ -390,6 +405,14 @@ impl Allocator {
             }
         }
         Ok(())
+    }
+
+    /// Starts of the ranges generation `freed` pinned (that are still pinned).
+    pub fn freed_in(&self, freed: u64) -> impl Iterator<Item = u64> + '_ {
+        self.pinned
+            .get(&freed)
+            .into_iter()
+            .flat_map(|v| v.iter().map(|&(start, _, _)| start))
     }
 
     /// Whether a range is free or pinned (not in use).
@@ -521,6 +544,8 @@ mod tests {
         assert_eq!(a.stats(ChunkKind::Metadata).pinned, 4096);
         a.release_pinned(7, &[2, 7]).unwrap();
         assert_eq!(a.stats(ChunkKind::Metadata).free, reserve + 4096);
+        // The running count agrees with the chunks' sets.
+        assert_eq!(a.free_bytes(ChunkKind::Metadata), reserve + 4096);
         a.alloc(ChunkKind::Metadata, 4096, false).unwrap();
         assert!(matches!(
             a.alloc(ChunkKind::Metadata, 4096, false),

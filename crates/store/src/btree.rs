@@ -21,6 +21,11 @@ pub trait NodeRead {
     fn node_size(&self) -> usize;
     /// Reads the node a pointer names, checked against the pointer.
     fn read(&self, bytenr: u64, generation: u64, level: u8) -> Result<Arc<Node>>;
+    /// Hands back a node the caller is done with, so a block buffer it may hold (a leaf the
+    /// cache declined) is read into again instead of freed.
+    fn release(&self, node: Arc<Node>) {
+        crate::cache::recycle_read_buffer(node);
+    }
 }
 
 /// What changing a tree needs from the layer that holds nodes.
@@ -55,7 +60,9 @@ pub fn get<S: NodeRead + ?Sized>(s: &S, root: &TreeRoot, key: &Key) -> Result<Op
     let mut node = s.read(root.bytenr, root.generation, root.level)?;
     loop {
         if node.level == 0 {
-            return Ok(node.leaf_get(key).map(<[u8]>::to_vec));
+            let v = node.leaf_get(key).map(<[u8]>::to_vec);
+            s.release(node);
+            return Ok(v);
         }
         let p = node.ptrs()[node.child_index(key)];
         node = s.read(p.bytenr, p.generation, node.level - 1)?;
@@ -489,7 +496,9 @@ impl<S: NodeRead + ?Sized> Range<'_, S> {
                 return Ok(Some((l.key(i), l.value(i).to_vec())));
             }
             // Leaf exhausted: climb to the first ancestor with a next child, then go down left.
-            self.front.pop();
+            if let Some((n, _)) = self.front.pop() {
+                self.s.release(n);
+            }
             let Some((parent, pidx)) = self.front.last_mut() else {
                 return Ok(None);
             };

@@ -25,6 +25,9 @@ pub mod tree_id {
 pub mod item_type {
     /// Root tree: (tree id, ROOT_ITEM, 0) -> root item.
     pub const ROOT_ITEM: u8 = 132;
+    /// Root tree: ([`super::objectid::DROP_QUEUE`], DROP_ITEM, sequence) -> a tree dropped in
+    /// the background: its root and how far its blocks have been released.
+    pub const DROP_ITEM: u8 = 134;
     /// Extent tree: (bytenr, TREE_BLOCK_REF, 0) -> u64 refcount of a tree block shared by more
     /// than one parent. Absent means a count of one.
     pub const TREE_BLOCK_REF: u8 = 169;
@@ -36,6 +39,12 @@ pub mod item_type {
     pub const CHUNK_ITEM: u8 = 228;
     /// Free-space tree: (start, FREE_SPACE_EXTENT, length) -> empty.
     pub const FREE_SPACE_EXTENT: u8 = 199;
+}
+
+/// Object ids of items that belong to no tree or inode.
+pub mod objectid {
+    /// The root tree's queue of trees being dropped in the background, keyed by sequence.
+    pub const DROP_QUEUE: u64 = 6;
 }
 
 /// The key of one item. Ordered by object id, then item type, then offset.

@@ -25,9 +25,9 @@ pub use chunk::{ChunkKind, ChunkMap, ChunkMapping};
 pub use data_io::{CryptError, DataCrypt, DataIo};
 pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use error::{Error, Result};
-pub use key::{Key, item_type, tree_id};
+pub use key::{Key, item_type, objectid, tree_id};
 pub use superblock::{Superblock, TreeRoot, read_superblock, write_superblocks};
 pub use txn::{
-    CheckReport, DataExtent, DataRefOwner, DataRefs, ItemDataRef, MkfsOptions, ReadTxn, RootItem,
-    Stats, Store, WriteTxn,
+    CheckReport, DataExtent, DataRefOwner, DataRefs, DropProgress, ItemDataRef, MkfsOptions,
+    PendingDeletion, ReadTxn, RootItem, Stats, Store, WriteTxn,
 };

@@ -43,14 +43,58 @@ struct Slot {
     len: u32,
 }
 
-/// A leaf's items: sorted keys with their values in one shared buffer, so decoding or copying a
-/// leaf costs two allocations, not one per item. Replaced and removed values leave garbage in
-/// the buffer until it is compacted.
-#[derive(Debug, Clone, Default)]
+/// A leaf's items, in one of two forms.
+///
+/// The *packed* form is what clean leaves (read from disk, or just written) keep in the node
+/// cache: the leaf's on-disk item headers followed by its packed values, in one buffer and
+/// nothing else. It costs one allocation and one copy to make, and memory for exactly the bytes
+/// in use (a leaf's free space is not kept), so the cache's byte bound holds as many leaves as
+/// possible. Lookups binary-search the headers in place. A leaf the cache declines is packed
+/// without any copy: its `data` is then the whole block as read, headers after the node header
+/// and the free gap left where it is ([`Node::decode_in_place`]).
+///
+/// The *editable* form is what a transaction changes: sorted slots with their values in one
+/// shared buffer (two allocations, not one per item). Replaced and removed values leave garbage
+/// in the buffer until it is compacted. Every change first turns a packed leaf editable; cloning
+/// a packed leaf (copy-on-write) gives the editable form directly.
+#[derive(Debug, Default)]
 pub struct Leaf {
+    /// Editable form: the items in key order. Empty in the packed form.
     slots: Vec<Slot>,
+    /// Editable form: the values. Packed form: `packed` item headers (25 bytes each, as on disk)
+    /// and the values.
     data: Vec<u8>,
+    /// Editable form: bytes of `data` no slot refers to.
     garbage: usize,
+    /// Packed form: the number of items (0 in the editable form).
+    packed: usize,
+    /// Packed form: subtracted from a header's value offset (a position in the node) gives the
+    /// value's position in `data`.
+    shift: usize,
+    /// Packed form: where the item headers start in `data` (0 in a packed copy; the header's
+    /// size when `data` is the whole block as read, see [`Node::decode_in_place`]).
+    hoff: usize,
+    /// Packed form: where the values start in `data`.
+    vstart: usize,
+}
+
+impl Clone for Leaf {
+    fn clone(&self) -> Self {
+        if self.packed > 0 {
+            // A clone is made to be changed (copy-on-write): make it editable in one step.
+            self.editable()
+        } else {
+            Leaf {
+                slots: self.slots.clone(),
+                data: self.data.clone(),
+                garbage: self.garbage,
+                packed: 0,
+                shift: 0,
+                hoff: 0,
+                vstart: 0,
+            }
+        }
+    }
 }
 
 impl PartialEq for Leaf {
@@ -62,24 +106,115 @@ impl PartialEq for Leaf {
 impl Eq for Leaf {}
 
 impl Leaf {
+    /// A packed leaf of the `n` items whose headers start at [`HEADER_SIZE`] in the encoded
+    /// node `buf`, with values packed from `values_start` to the end. The caller has checked the
+    /// layout (decode) or made it (encode).
+    fn packed_from(buf: &[u8], n: usize, values_start: usize) -> Leaf {
+        let headers = n * ITEM_HEADER_SIZE;
+        let mut data = Vec::with_capacity(headers + buf.len() - values_start);
+        data.extend_from_slice(&buf[HEADER_SIZE..HEADER_SIZE + headers]);
+        data.extend_from_slice(&buf[values_start..]);
+        Leaf {
+            slots: Vec::new(),
+            data,
+            garbage: 0,
+            packed: n,
+            shift: values_start - headers,
+            hoff: 0,
+            vstart: headers,
+        }
+    }
+
+    /// The editable form of a packed leaf.
+    fn editable(&self) -> Leaf {
+        let n = self.packed;
+        let values = &self.data[self.vstart..];
+        // Room for a few more items: a copied leaf usually takes one or two changes before it is
+        // written (a transaction holds every leaf it copies, so slack here costs memory).
+        let mut data = Vec::with_capacity(values.len() + values.len() / 8 + 512);
+        data.extend_from_slice(values);
+        let base = self.shift + self.vstart;
+        let slots = (0..n)
+            .map(|i| {
+                let (key, off, len) = self.header(i);
+                Slot {
+                    key,
+                    off: (off - base) as u32,
+                    len: len as u32,
+                }
+            })
+            .collect();
+        Leaf {
+            slots,
+            data,
+            garbage: 0,
+            packed: 0,
+            shift: 0,
+            hoff: 0,
+            vstart: 0,
+        }
+    }
+
+    /// Turns a packed leaf editable, before a change.
+    fn edit(&mut self) {
+        if self.packed > 0 {
+            *self = self.editable();
+        }
+    }
+
+    /// Packed form: item `i`'s key, value position in the node and value length.
+    fn header(&self, i: usize) -> (Key, usize, usize) {
+        // Packed leaves are made only from checked or self-made layouts: every header lies
+        // inside `data` and every value offset is at least `shift`.
+        let at = self.hoff + i * ITEM_HEADER_SIZE;
+        let h = &self.data[at..at + ITEM_HEADER_SIZE];
+        let key = Key::new(get_u64(h, 0), h[8], get_u64(h, 9));
+        (key, get_u32(h, 17) as usize, get_u32(h, 21) as usize)
+    }
+
     /// Number of items.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        if self.packed > 0 {
+            self.packed
+        } else {
+            self.slots.len()
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
     }
 
     /// The key of item `i`.
     pub fn key(&self, i: usize) -> Key {
-        self.slots[i].key
+        if self.packed > 0 {
+            let at = self.hoff + i * ITEM_HEADER_SIZE;
+            let h = &self.data[at..at + Key::ENCODED_SIZE];
+            Key::new(get_u64(h, 0), h[8], get_u64(h, 9))
+        } else {
+            self.slots[i].key
+        }
     }
 
     /// The value of item `i`.
     pub fn value(&self, i: usize) -> &[u8] {
-        let s = &self.slots[i];
-        &self.data[s.off as usize..s.off as usize + s.len as usize]
+        if self.packed > 0 {
+            let (_, off, len) = self.header(i);
+            let o = off - self.shift;
+            &self.data[o..o + len]
+        } else {
+            let s = &self.slots[i];
+            &self.data[s.off as usize..s.off as usize + s.len as usize]
+        }
+    }
+
+    fn value_len(&self, i: usize) -> usize {
+        if self.packed > 0 {
+            let at = self.hoff + i * ITEM_HEADER_SIZE + 21;
+            get_u32(&self.data, at) as usize
+        } else {
+            self.slots[i].len as usize
+        }
     }
 
     /// Items in key order.
@@ -89,17 +224,46 @@ impl Leaf {
 
     /// Binary search by key.
     pub fn search(&self, key: &Key) -> std::result::Result<usize, usize> {
-        self.slots.binary_search_by(|s| s.key.cmp(key))
+        if self.packed == 0 {
+            return self.slots.binary_search_by(|s| s.key.cmp(key));
+        }
+        let (mut lo, mut hi) = (0, self.packed);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.key(mid).cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
     }
 
     /// The index of the first item whose key fails `pred` (keys must be partitioned by it).
     pub fn partition_point(&self, pred: impl Fn(&Key) -> bool) -> usize {
-        self.slots.partition_point(|s| pred(&s.key))
+        if self.packed == 0 {
+            return self.slots.partition_point(|s| pred(&s.key));
+        }
+        let (mut lo, mut hi) = (0, self.packed);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(&self.key(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Body bytes of item `i` in an encoded node.
     pub fn item_bytes(&self, i: usize) -> usize {
-        ITEM_HEADER_SIZE + self.slots[i].len as usize
+        ITEM_HEADER_SIZE + self.value_len(i)
+    }
+
+    /// Heap bytes this leaf holds.
+    fn heap_bytes(&self) -> usize {
+        self.data.capacity() + self.slots.capacity() * std::mem::size_of::<Slot>()
     }
 
     fn store(&mut self, value: &[u8]) -> u32 {
@@ -110,6 +274,7 @@ impl Leaf {
 
     /// Appends an item; its key must be above every key held.
     pub fn push(&mut self, key: Key, value: &[u8]) {
+        self.edit();
         let off = self.store(value);
         self.slots.push(Slot {
             key,
@@ -120,6 +285,7 @@ impl Leaf {
 
     /// Inserts or replaces; returns the replaced value's length.
     fn insert(&mut self, key: Key, value: &[u8]) -> Option<usize> {
+        self.edit();
         match self.search(&key) {
             Ok(at) => {
                 let old = self.slots[at];
@@ -152,6 +318,7 @@ impl Leaf {
 
     /// Removes item `at`, returning its value's length.
     fn remove_at(&mut self, at: usize) -> usize {
+        self.edit();
         let s = self.slots.remove(at);
         self.garbage += s.len as usize;
         self.maybe_compact();
@@ -166,11 +333,15 @@ impl Leaf {
     }
 
     fn rebuilt(&self, range: std::ops::Range<usize>) -> Leaf {
-        let live: usize = range.clone().map(|i| self.slots[i].len as usize).sum();
+        let live: usize = range.clone().map(|i| self.value_len(i)).sum();
         let mut out = Leaf {
             slots: Vec::with_capacity(range.len()),
             data: Vec::with_capacity(live),
             garbage: 0,
+            packed: 0,
+            shift: 0,
+            hoff: 0,
+            vstart: 0,
         };
         for i in range {
             out.push(self.key(i), self.value(i));
@@ -187,6 +358,7 @@ impl Leaf {
 
     /// Appends every item of `other`, whose keys are all above this leaf's.
     pub fn append(&mut self, other: &Leaf) {
+        self.edit();
         for (k, v) in other.iter() {
             self.push(k, v);
         }
@@ -381,7 +553,9 @@ impl Node {
                 self.used
             )));
         }
-        buf.fill(0);
+        // Zero only what the fields below leave alone (the header's reserved bytes and the free
+        // gap): a node is written whole, every byte of it defined.
+        buf[..HEADER_SIZE].fill(0);
         buf[OFF_VERSION] = NODE_VERSION;
         buf[OFF_LEVEL] = self.level;
         buf[OFF_UUID..OFF_UUID + 16].copy_from_slice(fs_uuid);
@@ -401,6 +575,7 @@ impl Node {
                     buf[start..data_end].copy_from_slice(value);
                     data_end = start;
                 }
+                buf[HEADER_SIZE + leaf.len() * ITEM_HEADER_SIZE..data_end].fill(0);
             }
             NodeBody::Internal(ptrs) => {
                 for (i, p) in ptrs.iter().enumerate() {
@@ -409,11 +584,43 @@ impl Node {
                     put_u64(buf, at + 17, p.bytenr);
                     put_u64(buf, at + 25, p.generation);
                 }
+                buf[HEADER_SIZE + ptrs.len() * PTR_SIZE..].fill(0);
             }
         }
         let csum = checksum(&buf[CSUM_SIZE..]);
         put_u32(buf, OFF_CSUM, csum);
         Ok(())
+    }
+
+    /// The form to keep in the node cache once this node is written as `buf` (its encoding by
+    /// [`Node::encode_into`]): a leaf is packed from the encoding, so the cache holds only the
+    /// bytes in use and no editing slack.
+    pub fn cached_form(&self, buf: &[u8]) -> Node {
+        let body = match &self.body {
+            NodeBody::Leaf(leaf) => {
+                let n = leaf.len();
+                let values_start = buf.len() - (self.used - n * ITEM_HEADER_SIZE);
+                NodeBody::Leaf(Leaf::packed_from(buf, n, values_start))
+            }
+            NodeBody::Internal(ptrs) => NodeBody::Internal(ptrs.clone()),
+        };
+        Node {
+            bytenr: self.bytenr,
+            generation: self.generation,
+            owner: self.owner,
+            level: self.level,
+            body,
+            used: self.used,
+        }
+    }
+
+    /// Heap and inline bytes this decoded node takes, for the cache's bound.
+    pub fn mem_bytes(&self) -> usize {
+        std::mem::size_of::<Node>()
+            + match &self.body {
+                NodeBody::Leaf(leaf) => leaf.heap_bytes(),
+                NodeBody::Internal(ptrs) => ptrs.capacity() * std::mem::size_of::<ChildPtr>(),
+            }
     }
 
     /// Encodes into a new buffer of `node_size` bytes.
@@ -425,15 +632,49 @@ impl Node {
 
     /// Decodes and checks a node read from `expect.bytenr`: checksum, version, uuid, address,
     /// generation, level, then every item (sorted keys, canonical packing of values, pointer
-    /// fields). Never panics on any input.
+    /// fields). Never panics on any input. A leaf comes out packed (see [`Leaf`]): one copy of
+    /// the bytes in use, so the read buffer can be reused.
     pub fn decode(buf: &[u8], expect: &Expect) -> Result<Node> {
-        Node::decode_owned(buf.to_vec(), expect)
+        let (mut node, packing) = Node::check(buf, expect)?;
+        if let (Some((n, values_start)), NodeBody::Leaf(leaf)) = (packing, &mut node.body) {
+            *leaf = Leaf::packed_from(buf, n, values_start);
+        }
+        Ok(node)
     }
 
-    /// [`Node::decode`] taking the buffer: a leaf keeps it as its value buffer, so reading a
-    /// leaf copies nothing.
-    pub fn decode_owned(owned: Vec<u8>, expect: &Expect) -> Result<Node> {
-        let buf: &[u8] = &owned;
+    /// [`Node::decode`] of a leaf that keeps `buf`, the whole block as read, as its storage: no
+    /// copy, for a leaf used once and not kept (the node cache declined it). `buf` comes back
+    /// through [`Node::into_read_buffer`]. Anything but a leaf is decoded as usual.
+    pub fn decode_in_place(buf: Vec<u8>, expect: &Expect) -> Result<Node> {
+        let (mut node, packing) = Node::check(&buf, expect)?;
+        match (packing, &mut node.body) {
+            (Some((n, values_start)), NodeBody::Leaf(leaf)) => {
+                *leaf = Leaf {
+                    slots: Vec::new(),
+                    data: buf,
+                    garbage: 0,
+                    packed: n,
+                    shift: 0,
+                    hoff: HEADER_SIZE,
+                    vstart: values_start,
+                };
+                Ok(node)
+            }
+            _ => Node::decode(&buf, expect),
+        }
+    }
+
+    /// The block buffer of a leaf made by [`Node::decode_in_place`], to read the next block into.
+    pub fn into_read_buffer(self) -> Option<Vec<u8>> {
+        match self.body {
+            NodeBody::Leaf(leaf) if leaf.packed > 0 && leaf.hoff == HEADER_SIZE => Some(leaf.data),
+            _ => None,
+        }
+    }
+
+    /// The checks of [`Node::decode`]. A leaf comes back empty, with its item count and where
+    /// its values start, for the caller to fill in.
+    fn check(buf: &[u8], expect: &Expect) -> Result<(Node, Option<(usize, usize)>)> {
         let bad = |reason: String| Error::BadNode {
             bytenr: expect.bytenr,
             reason,
@@ -481,12 +722,13 @@ impl Node {
         }
         let owner = get_u64(buf, OFF_OWNER);
         let nritems = get_u32(buf, OFF_NRITEMS) as usize;
-        let body = if level == 0 {
+        let mut packing = None;
+        let (body, used) = if level == 0 {
             if nritems > (node_size - HEADER_SIZE) / ITEM_HEADER_SIZE {
                 return Err(bad(format!("{nritems} items cannot fit")));
             }
             let headers_end = HEADER_SIZE + nritems * ITEM_HEADER_SIZE;
-            let mut slots: Vec<Slot> = Vec::with_capacity(nritems);
+            let mut prev: Option<Key> = None;
             let mut data_end = node_size;
             for i in 0..nritems {
                 let at = HEADER_SIZE + i * ITEM_HEADER_SIZE;
@@ -500,28 +742,18 @@ impl Node {
                         "item {i}: value at {start} size {size} is not packed (expected end {data_end})"
                     )));
                 }
-                if let Some(prev) = slots.last()
-                    && prev.key >= key
+                if let Some(p) = prev
+                    && p >= key
                 {
-                    return Err(bad(format!(
-                        "item {i}: key {key:?} not above {:?}",
-                        prev.key
-                    )));
+                    return Err(bad(format!("item {i}: key {key:?} not above {p:?}")));
                 }
-                slots.push(Slot {
-                    key,
-                    off: start as u32,
-                    len: size as u32,
-                });
+                prev = Some(key);
                 data_end = start;
             }
-            // The values are one packed area at the end of the buffer; the bytes before it count
-            // as garbage, dropped by the first compaction.
-            NodeBody::Leaf(Leaf {
-                slots,
-                data: Vec::new(),
-                garbage: data_end,
-            })
+            // Headers and values: everything but the free gap.
+            let used = nritems * ITEM_HEADER_SIZE + (node_size - data_end);
+            packing = Some((nritems, data_end));
+            (NodeBody::Leaf(Leaf::default()), used)
         } else {
             if nritems == 0 || nritems > max_ptrs(node_size) {
                 return Err(bad(format!("internal node with {nritems} pointers")));
@@ -554,21 +786,18 @@ impl Node {
                 }
                 ptrs.push(p);
             }
-            NodeBody::Internal(ptrs)
+            let used = ptrs.len() * PTR_SIZE;
+            (NodeBody::Internal(ptrs), used)
         };
-        let mut node = Node {
+        let node = Node {
             bytenr,
             generation,
             owner,
             level,
             body,
-            used: 0,
+            used,
         };
-        if let NodeBody::Leaf(leaf) = &mut node.body {
-            leaf.data = owned;
-        }
-        node.recount();
-        Ok(node)
+        Ok((node, packing))
     }
 }
 
@@ -650,7 +879,22 @@ mod tests {
         #[test]
         fn leaf_round_trips(n in arb_leaf(4096)) {
             let buf = n.encode(&UUID, 4096).unwrap();
-            prop_assert_eq!(Node::decode(&buf, &expect(&n)).unwrap(), n);
+            prop_assert_eq!(&Node::decode(&buf, &expect(&n)).unwrap(), &n);
+            // The same leaf used in place of its block, then edited through a clone.
+            let raw = Node::decode_in_place(buf.clone(), &expect(&n)).unwrap();
+            prop_assert_eq!(&raw, &n);
+            prop_assert_eq!(raw.used(), n.used());
+            let mut edited = raw.clone();
+            let mut want = n.clone();
+            if n.used() + ITEM_HEADER_SIZE + 3 <= 4096 - HEADER_SIZE {
+                edited.leaf_insert(Key::new(1, 2, 3), b"new");
+                want.leaf_insert(Key::new(1, 2, 3), b"new");
+            }
+            prop_assert_eq!(&edited, &want);
+            prop_assert_eq!(edited.encode(&UUID, 4096).unwrap(), want.encode(&UUID, 4096).unwrap());
+            // (An empty leaf holds no buffer worth keeping.)
+            let back = raw.into_read_buffer();
+            prop_assert!(back.is_none() == n.is_empty() && back.is_none_or(|b| b == buf));
         }
 
         #[test]

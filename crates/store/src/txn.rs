@@ -18,8 +18,11 @@
 //! recurses into itself; only subvolume trees are ever shared, so the store's own trees never
 //! produce count changes.
 
+mod drop;
 mod extent;
+mod writeback;
 
+pub use drop::{DROP_ITEM_SIZE, DROP_ITEM_VERSION, DropProgress, PendingDeletion};
 pub use extent::{DataExtent, DataRefOwner, DataRefs, EXTENT_FLAG_DATA, ItemDataRef, owner_hash};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -169,21 +172,26 @@ impl NodeRead for DevReader<'_> {
             return Ok(n);
         }
         let physical = self.chunks.to_physical(bytenr, self.node_size as u64)?;
-        let mut buf = vec![0u8; self.node_size];
+        let expect = Expect {
+            fs_uuid: self.fs_uuid,
+            bytenr,
+            generation,
+            level,
+        };
+        let mut buf = crate::cache::take_read_buffer(self.node_size);
         self.dev.read_at(&mut buf, physical)?;
-        let n = Arc::new(Node::decode_owned(
-            buf,
-            &Expect {
-                fs_uuid: self.fs_uuid,
-                bytenr,
-                generation,
-                level,
-            },
-        )?);
-        if let Some(c) = self.cache {
-            c.insert(n.clone());
+        let keep = self.cache.is_some_and(|c| c.admits(level));
+        if keep || level > 0 {
+            let n = Node::decode(&buf, &expect);
+            crate::cache::give_back_read_buffer(buf);
+            let n = Arc::new(n?);
+            if let (true, Some(c)) = (keep, self.cache) {
+                c.insert(n.clone());
+            }
+            return Ok(n);
         }
-        Ok(n)
+        // A leaf the cache declines is used in place of the read buffer, and handed back.
+        Ok(Arc::new(Node::decode_in_place(buf, &expect)?))
     }
 }
 
@@ -372,6 +380,12 @@ impl Store {
         let mut roots = BTreeMap::new();
         for item in btree::range(&r, &sb.root_tree, Bound::Unbounded, Bound::Unbounded)? {
             let (key, value) = item?;
+            if drop::is_drop_key(&key) {
+                // A tree being dropped in the background: checked now, resumed by later
+                // transactions.
+                drop::DropItem::decode(&key, &value)?;
+                continue;
+            }
             if key.item_type != item_type::ROOT_ITEM || key.offset != 0 {
                 return Err(Error::Corrupt(format!("root tree holds item {key:?}")));
             }
@@ -906,8 +920,7 @@ impl<'a> WriteTxn<'a> {
         if !self.use_reserve && !self.in_op && tree != tree_id::CHUNK_TREE {
             // Worst case: every level copied and split, plus a new root.
             let need = 2 * (u64::from(root.level) + 2) * self.shared.node_size as u64;
-            let st = self.alloc.stats(ChunkKind::Metadata);
-            if st.free < need + self.alloc.meta_reserve() {
+            if self.alloc.free_bytes(ChunkKind::Metadata) < need + self.alloc.meta_reserve() {
                 return Err(Error::NoSpace {
                     kind: "metadata",
                     needed: need,
@@ -1167,14 +1180,9 @@ impl<'a> WriteTxn<'a> {
     fn write_out(&mut self) -> Result<u64> {
         let shared = self.shared.clone();
         let ns = shared.node_size;
-        let mut nodes: Vec<Arc<Node>> = self.dirty.drain().map(|(_, n)| n).collect();
-        nodes.sort_by_key(|n| n.bytenr);
-        let mut buf = vec![0u8; ns];
-        for n in &nodes {
-            n.encode_into(&shared.fs_uuid, &mut buf)?;
-            let physical = shared.chunks.to_physical(n.bytenr, ns as u64)?;
-            shared.dev.write_at(&buf, physical)?;
-        }
+        let nodes: Vec<Arc<Node>> = self.dirty.drain().map(|(_, n)| n).collect();
+        let nodes =
+            writeback::write_nodes(&*shared.dev, &shared.chunks, &shared.fs_uuid, ns, nodes)?;
         shared.dev.flush()?;
         let mut sb = self.w.sb.clone();
         sb.generation = self.generation;
@@ -1185,7 +1193,11 @@ impl<'a> WriteTxn<'a> {
         sb.bytes_used = st.iter().map(|s| s.used()).sum();
         write_superblocks(&*shared.dev, &sb)?;
         shared.dev.flush()?;
-        // Durable: publish.
+        // Durable: publish. Blocks this commit freed leave the cache first: only old readers
+        // still want them (and read them from disk), so the bound goes to live nodes.
+        for b in self.alloc.freed_in(self.generation) {
+            shared.cache.remove(b);
+        }
         for n in nodes {
             shared.cache.insert(n);
         }
@@ -1331,6 +1343,8 @@ impl ReadTxn {
                 )));
             }
         }
+        // Trees dropped in the background still hold what they have not released.
+        self.count_drop_refs(&mut refs, &mut leaves)?;
         report.nodes = refs.len() as u64;
         report.shared_nodes = refs.values().filter(|&&c| c > 1).count() as u64;
         // Stored counts against recomputed ones.

@@ -149,8 +149,9 @@ fn every_crash_image_opens_at_a_returned_commit() {
     assert!(returned.len() > 5, "too few commits");
 
     let copts = CrashOptions {
-        torn_variants: 1,
-        reorder_variants: 1,
+        // Commits write runs of adjacent nodes in one request each: tear each several ways.
+        torn_variants: 4,
+        reorder_variants: 2,
         atomic_unit: 512,
     };
     let mut images = 0;

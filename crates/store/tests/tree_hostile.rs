@@ -42,6 +42,16 @@ fn damaged_metadata_gives_errors_never_panics() {
     t.snapshot_tree(256, 257).unwrap();
     t.insert(257, Key::new(3, 1, 3), b"snap").unwrap();
     t.commit().unwrap();
+    // A tree half released in the background, sharing blocks with 257.
+    let mut t = store.begin().unwrap();
+    t.snapshot_tree(257, 258).unwrap();
+    t.insert(258, Key::new(9, 1, 9), b"doomed").unwrap();
+    t.drop_tree_background(258).unwrap();
+    t.commit().unwrap();
+    let mut t = store.begin().unwrap();
+    t.continue_tree_drops(3).unwrap();
+    t.commit().unwrap();
+    assert_eq!(store.pending_deletion().unwrap().trees, 1);
     store.check().unwrap();
     drop(store);
     let good = mem.snapshot();
@@ -60,6 +70,11 @@ fn damaged_metadata_gives_errors_never_panics() {
         // Whatever happens, it is an error or a value.
         if store.check().is_err() {
             detected += 1;
+        }
+        // Releasing the pending drop reads damaged nodes too: errors, never panics.
+        let _ = store.pending_deletion();
+        if let Ok(mut t) = store.begin() {
+            let _ = t.continue_tree_drops(1000);
         }
         let r = store.read();
         for tree in r.tree_ids() {
