@@ -11,14 +11,13 @@ use std::path::Path;
 use fsx::harness::{CowcryptMount, binary_can_mount, mount_tests_can_run};
 use fsx::{Config, DirTarget, Fsx, OpSet, Target, Whence};
 
-/// Known cowcrypt bug (found by this fsx): `lseek(SEEK_DATA)` that answers ENXIO (no data
-/// after the offset) right after a buffered write makes cowfs refuse every later change
-/// (EROFS until remount): the seek flushes the pending write, which counts as a change, and
-/// `Filesystem::op` then takes the ENXIO for an operation that failed half way. While this is
-/// true the big fsx run fdatasyncs before each SEEK_DATA/SEEK_HOLE (nothing left to flush, so
-/// the answers are still checked), and `known_bug_seek_data_enxio` checks the bug is still
-/// there: when it is fixed that test fails, and this flag goes to false.
-const KNOWN_BUG_SEEK_DATA_ENXIO: bool = true;
+/// Formerly a cowcrypt bug (found by this fsx, fixed by the "settled changes" of
+/// `Filesystem::op`): `lseek(SEEK_DATA)` that answers ENXIO (no data after the offset) right
+/// after a buffered write made cowfs refuse every later change (EROFS until remount): the seek
+/// flushes the pending write, which counts as a change, and the ENXIO was then taken for an
+/// operation that failed half way. With the flag false the big fsx run seeks without syncing
+/// first, and `known_bug_seek_data_enxio` is a regression test.
+const KNOWN_BUG_SEEK_DATA_ENXIO: bool = false;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -271,15 +270,15 @@ fn known_bug_enospc() {
     );
 }
 
-/// Known cowcrypt bug (found by fsx seed 1, op 5982, with 2,000-op remounts): copy_file_range
-/// of a short range that is not block-aligned at its end (93 bytes from offset 0 of an 8 KiB
-/// file into an empty file) shares the whole source block; when the destination then grows
-/// (ftruncate up, ZERO_RANGE or a write past EOF) the bytes between its old EOF and the end of
-/// that block read as the source file's data instead of zeroes, at once and after remount.
-/// Another file's contents leak into this one. While this is true the big fsx run leaves
-/// copy_file_range out (with it, seed 0xc0ffee fails at op 4244 on this bug). When fixed,
-/// `known_bug_reflink_tail` fails and this flag goes to false.
-const KNOWN_BUG_REFLINK_TAIL: bool = true;
+/// Formerly a cowcrypt bug (found by fsx seed 1, op 5982, with 2,000-op remounts; fixed: a
+/// partial last block is now shared only when it is the source's last block and ends the
+/// destination, other edges are copied): copy_file_range of a short range that is not
+/// block-aligned at its end (93 bytes from offset 0 of an 8 KiB file into an empty file)
+/// shared the whole source block; when the destination then grew (ftruncate up, ZERO_RANGE or
+/// a write past EOF) the bytes between its old EOF and the end of that block read as the
+/// source file's data instead of zeroes. With the flag false the big fsx run includes
+/// copy_file_range and `known_bug_reflink_tail` is a regression test.
+const KNOWN_BUG_REFLINK_TAIL: bool = false;
 
 #[test]
 fn known_bug_reflink_tail() {

@@ -347,6 +347,7 @@ impl State {
         let Some(blocks) = self.dirty.remove(&obj) else {
             return Ok(());
         };
+        let settled_before = self.changes == self.settled_changes;
         self.dirty_bytes -= blocks.len() as u64 * BLOCK;
         let max_run = (self.opts.max_extent_bytes / BLOCK).max(1);
         let mut runs: Vec<(u64, Vec<Box<[u8]>>)> = Vec::new();
@@ -397,7 +398,13 @@ impl State {
             self.put(Key::new(obj, ty::FILE_EXTENT, start), &fe.encode())?;
             it.bytes = it.bytes.saturating_sub(removed).saturating_add(len);
         }
-        self.put_inode(obj, &it)
+        self.put_inode(obj, &it)?;
+        // The flushed data is a whole change by itself: an lseek that flushes and then answers
+        // ENXIO has not failed part way (unless something unsettled came before the flush).
+        if settled_before {
+            self.settled_changes = self.changes;
+        }
+        Ok(())
     }
 
     pub(crate) fn flush_all_data(&mut self) -> Result<()> {

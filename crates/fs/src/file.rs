@@ -359,21 +359,61 @@ impl State {
             return Err(Error::Invalid("overlapping copy inside one file"));
         }
         let n = len.min(src.size.saturating_sub(off_in));
-        let aligned = off_in.is_multiple_of(BLOCK) && off_out.is_multiple_of(BLOCK);
-        // A partial last block carries zeros past the source's end: only where it ends `dst`.
-        let tail_ok = n.is_multiple_of(BLOCK) || off_out + n >= dst.size;
-        if n > 0 && in_obj != out_obj && aligned && tail_ok {
-            self.writable()?;
-            if self.clone_range(in_obj, off_in, out_obj, off_out, n)? {
-                let mut it = self.inode(out_obj)?;
-                let now = Timespec::now();
-                it.mtime = now;
-                it.ctime = now;
-                perm::kill_suid(&mut it, c);
-                self.put_inode(out_obj, &it)?;
-                return Ok(n);
+        // Reflink when source and destination offsets sit at the same place inside a block:
+        // the whole blocks of the middle are shared, the unaligned edges copied. A partial last
+        // block is shared only when it is the source's last block (zeros after its end) and it
+        // ends `dst`, so no byte beyond the range ever becomes visible in `dst`.
+        if n > 0 && in_obj != out_obj && off_in % BLOCK == off_out % BLOCK {
+            let head = ((BLOCK - off_in % BLOCK) % BLOCK).min(n);
+            let body = n - head;
+            let mut middle = body - body % BLOCK;
+            if body % BLOCK != 0 && off_in + n == src.size && off_out + n >= dst.size {
+                middle = body;
+            }
+            if middle > 0 {
+                self.writable()?;
+                let mut done =
+                    self.copy_bytes(in_obj, off_in, out_obj, fh_out, off_out, head, c)?;
+                if done < head {
+                    return Ok(done);
+                }
+                if self.clone_range(in_obj, off_in + head, out_obj, off_out + head, middle)? {
+                    let mut it = self.inode(out_obj)?;
+                    let now = Timespec::now();
+                    it.mtime = now;
+                    it.ctime = now;
+                    perm::kill_suid(&mut it, c);
+                    self.put_inode(out_obj, &it)?;
+                    done += middle;
+                }
+                let rest = n - done;
+                done += self.copy_bytes(
+                    in_obj,
+                    off_in + done,
+                    out_obj,
+                    fh_out,
+                    off_out + done,
+                    rest,
+                    c,
+                )?;
+                return Ok(done);
             }
         }
+        self.copy_bytes(in_obj, off_in, out_obj, fh_out, off_out, len, c)
+    }
+
+    /// Copies up to `len` bytes by reading and writing (stops at the source's end).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_bytes(
+        &mut self,
+        in_obj: u64,
+        off_in: u64,
+        out_obj: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        c: &Caller,
+    ) -> Result<u64> {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(COPY_CHUNK) as u32;

@@ -184,11 +184,13 @@ impl Filesystem {
     fn op<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut s = self.shared.lock();
         let before = s.changes;
+        s.settled_changes = before;
         let r = f(&mut s);
         match &r {
-            // Changes all committed (a commit to make room) leave nothing half done.
+            // Changes all committed (a commit to make room), or all settled (a data flush before
+            // the error), leave nothing half done.
             Err(e)
-                if s.changes != before
+                if s.changes != s.settled_changes
                     && s.changes != s.committed_changes
                     && s.failed.is_none() =>
             {

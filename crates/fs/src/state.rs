@@ -42,6 +42,9 @@ pub(crate) struct State {
     pub changes: u64,
     /// `changes` at the last commit.
     pub committed_changes: u64,
+    /// `changes` after the last step that leaves the tree whole on its own (a data flush): an
+    /// operation that fails after such a step, with nothing changed since, is not half done.
+    pub settled_changes: u64,
     /// Why the filesystem stopped taking changes.
     pub failed: Option<String>,
     next_objectid: u64,
@@ -83,6 +86,7 @@ impl State {
             opts,
             changes: 0,
             committed_changes: 0,
+            settled_changes: 0,
             failed: None,
             next_objectid: 0,
             handles: HashMap::new(),

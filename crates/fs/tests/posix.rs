@@ -1159,3 +1159,109 @@ fn device_errors_stop_changes_and_keep_the_last_commit() {
     assert_eq!(errno(fs.lookup(ROOT_INO, b"lost", &c)), libc::ENOENT);
     assert_clean(&fs);
 }
+
+/// An unaligned range (same place inside a block on both sides) shares its whole middle
+/// blocks and copies its edges; bytes outside the range never appear in the destination.
+#[test]
+fn unaligned_copy_file_range_shares_the_middle_and_copies_the_edges() {
+    let (_dev, fs) = new_fs();
+    let c = root();
+    let data = pattern(10 * 4096, 7);
+    let src = put(&fs, ROOT_INO, b"src", &data, &c);
+    let old = pattern(12 * 4096, 8);
+    let dst = put(&fs, ROOT_INO, b"dst", &old, &c);
+    fs.sync().unwrap();
+    let sh = fs.open(src, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    let dh = fs.open(dst, rw(), &c).unwrap();
+    let free = fs.statfs().unwrap().bfree;
+    let (off_in, off_out, len) = (4096 + 100, 2 * 4096 + 100, 5 * 4096 + 300);
+    let n = fs
+        .copy_file_range(src, sh, off_in, dst, dh, off_out, len, &c)
+        .unwrap();
+    assert_eq!(n, len);
+    fs.sync().unwrap();
+    // Four whole middle blocks shared; the two edge blocks written anew.
+    let used = free - fs.statfs().unwrap().bfree;
+    assert!(
+        used <= 2 * 4096 / u64::from(fs.statfs().unwrap().frsize) + 1,
+        "{used} blocks used"
+    );
+    let mut want = old.clone();
+    want[off_out as usize..(off_out + len) as usize]
+        .copy_from_slice(&data[off_in as usize..(off_in + len) as usize]);
+    assert_eq!(content(&fs, dst), want);
+    let ins = fs.inspect().unwrap();
+    let extents = |ino| {
+        ins.subvolumes[0]
+            .inodes
+            .iter()
+            .find(|i| i.ino == ino)
+            .unwrap()
+            .extents
+            .iter()
+            .map(|e| e.extent)
+            .collect::<Vec<_>>()
+    };
+    let shared = extents(dst)
+        .iter()
+        .filter(|e| extents(src).contains(e))
+        .count();
+    assert!(shared > 0, "nothing shared: {ins}");
+    fs.release(src, sh).unwrap();
+    fs.release(dst, dh).unwrap();
+    assert_clean(&fs);
+}
+
+/// A short copy whose end is not block aligned, into an empty file, then the destination
+/// grows: the bytes after the copied range read as zeros, never as the source's data.
+#[test]
+fn short_unaligned_copy_file_range_leaks_nothing_when_the_destination_grows() {
+    let (_dev, fs) = new_fs();
+    let c = root();
+    let src = put(&fs, ROOT_INO, b"src", &[0x53; 8192], &c);
+    fs.sync().unwrap();
+    let (dst, dh) = fs.create(ROOT_INO, b"dst", 0o644, rw(), &c).unwrap();
+    let sh = fs.open(src, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    assert_eq!(
+        fs.copy_file_range(src, sh, 0, dst.ino, dh, 0, 93, &c)
+            .unwrap(),
+        93
+    );
+    let set = cowfs::SetAttr {
+        size: Some(4096),
+        ..Default::default()
+    };
+    fs.setattr(dst.ino, &set, Some(dh), &c).unwrap();
+    let got = content(&fs, dst.ino);
+    assert_eq!(&got[..93], &[0x53; 93][..]);
+    assert!(got[93..].iter().all(|&b| b == 0), "source bytes leaked");
+    fs.release(src, sh).unwrap();
+    fs.release(dst.ino, dh).unwrap();
+    assert_clean(&fs);
+}
+
+/// SEEK_DATA answering ENXIO right after a buffered write (which the seek flushes) is an
+/// ordinary answer: the filesystem keeps taking changes and the write is kept.
+#[test]
+fn seek_data_enxio_after_a_buffered_write_changes_nothing_else() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let (f, fh) = fs.create(ROOT_INO, b"f", 0o644, rw(), &c).unwrap();
+    fs.write(f.ino, fh, 0, b"pending", &c).unwrap();
+    let set = cowfs::SetAttr {
+        size: Some(1 << 20),
+        ..Default::default()
+    };
+    fs.setattr(f.ino, &set, Some(fh), &c).unwrap();
+    fs.write(f.ino, fh, 7, b" data", &c).unwrap();
+    assert_eq!(
+        errno(fs.lseek(f.ino, fh, 8192, cowfs::Whence::Data)),
+        libc::ENXIO
+    );
+    fs.write(f.ino, fh, 12, b"!", &c).unwrap();
+    fs.release(f.ino, fh).unwrap();
+    fs.unmount().unwrap();
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    assert_eq!(&content(&fs, f.ino)[..13], b"pending data!");
+    assert_clean(&fs);
+}
