@@ -12,7 +12,7 @@ use crate::items::{
     self, CSUMS_PER_ITEM, DirEntryItem, ExtentKind, FileExtent, InodeItem, InodeRef,
     ORPHAN_OBJECTID, ROOT_OBJECTID, SubvolInfo, ty,
 };
-use crate::state::{BLOCK, State};
+use crate::state::{BLOCK, State, global, subvol_tree};
 use crate::types::FileKind;
 
 /// What fsck found.
@@ -93,15 +93,55 @@ impl State {
             }
             Err(e) => r.faults.push(format!("store: {e}")),
         }
-        let mut s = Scan::default();
-        let all = self.items(Key::MIN, Key::MAX)?;
-        for (k, v) in &all {
-            if let Err(e) = scan_item(&mut s, k, v) {
-                r.faults.push(e.to_string());
+        for subvol in self.subvol_ids()? {
+            let mut s = Scan::default();
+            let all = self.items_in(subvol_tree(subvol), Key::MIN, Key::MAX, usize::MAX)?;
+            let first_fault = r.faults.len();
+            for (k, v) in &all {
+                if let Err(e) = scan_item(&mut s, k, v) {
+                    r.faults.push(e.to_string());
+                }
+            }
+            self.check_scan(&s, &mut r)?;
+            if subvol != 0 {
+                for f in &mut r.faults[first_fault..] {
+                    *f = format!("subvolume {subvol}: {f}");
+                }
             }
         }
-        self.check_scan(&s, &mut r)?;
+        self.check_subvolume_links(&mut r)?;
         Ok(r)
+    }
+
+    /// Every subvolume but 0 has a record, and the entry its record names links it.
+    fn check_subvolume_links(&mut self, r: &mut FsckReport) -> Result<()> {
+        for subvol in self.subvol_ids()? {
+            if subvol == 0 {
+                continue;
+            }
+            let rec = match self.subvol_root(subvol) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    r.faults
+                        .push(format!("subvolume {subvol} has no index record"));
+                    continue;
+                }
+                Err(e) => {
+                    r.faults.push(e.to_string());
+                    continue;
+                }
+            };
+            match self.find_entry(rec.parent, &rec.name) {
+                Ok(Some(e)) if e.subvol && e.child == global(subvol, ROOT_OBJECTID) => {}
+                Ok(_) => r.faults.push(format!(
+                    "subvolume {subvol}: no entry {:?} in directory {} links it",
+                    String::from_utf8_lossy(&rec.name),
+                    rec.parent
+                )),
+                Err(e) => r.faults.push(format!("subvolume {subvol}: {e}")),
+            }
+        }
+        Ok(())
     }
 
     fn check_scan(&mut self, s: &Scan, r: &mut FsckReport) -> Result<()> {
@@ -158,6 +198,12 @@ impl State {
                     }
                 }
                 _ => f.push(format!("entries in {dir}, which is not a directory")),
+            }
+            if e.subvol {
+                // A link to another subvolume's root: checked against the index at the end.
+                *subdirs.entry(*dir).or_default() += 1;
+                *dir_size.entry(*dir).or_default() += 2 * e.name.len() as u64;
+                continue;
             }
             match s.inodes.get(&e.child) {
                 None => f.push(format!(
@@ -278,9 +324,9 @@ impl State {
                 f.push(format!("orphan item for missing inode {o}"));
             }
         }
-        r.inodes = s.inodes.len() as u64;
-        r.orphans = s.orphans.len() as u64;
-        r.extents = s.extents.values().map(|v| v.len() as u64).sum();
+        r.inodes += s.inodes.len() as u64;
+        r.orphans += s.orphans.len() as u64;
+        r.extents += s.extents.values().map(|v| v.len() as u64).sum::<u64>();
         // Extent items against the extent tree and the checksum tree.
         let mut seen = BTreeSet::new();
         for (obj, ex) in &s.extents {

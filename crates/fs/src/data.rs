@@ -12,7 +12,7 @@ use store::{DataRefOwner, Key, tree_id};
 
 use crate::error::{Error, Result};
 use crate::items::{self, CSUMS_PER_ITEM, ExtentKind, FileExtent, InodeItem, ty};
-use crate::state::{BLOCK, State, TREE};
+use crate::state::{BLOCK, State, local, tree_of};
 
 /// Largest file size: offsets stay far from u64 overflow and from the 48-bit block index space.
 pub(crate) const MAX_FILE_SIZE: u64 = 1 << 52;
@@ -20,8 +20,8 @@ const CSUM_SPAN: u64 = CSUMS_PER_ITEM * BLOCK;
 
 fn owner(obj: u64, key_offset: u64, fe: &FileExtent) -> DataRefOwner {
     DataRefOwner {
-        root: TREE,
-        inode: obj,
+        root: tree_of(obj),
+        inode: local(obj),
         // Decoding guarantees key_offset >= fe.offset.
         offset: key_offset - fe.offset,
     }
@@ -368,8 +368,8 @@ impl State {
             let start = first * BLOCK;
             let len = run.len() as u64 * BLOCK;
             let o = DataRefOwner {
-                root: TREE,
-                inode: obj,
+                root: tree_of(obj),
+                inode: local(obj),
                 offset: start,
             };
             let bytenr = match self.txn()?.alloc_data_extent(len, o) {
@@ -494,8 +494,8 @@ impl State {
             while s < e {
                 let mut len = (e - s).min(max);
                 let o = DataRefOwner {
-                    root: TREE,
-                    inode: obj,
+                    root: tree_of(obj),
+                    inode: local(obj),
                     offset: s,
                 };
                 // Space was reserved in total; a free range too short for `len` means a
@@ -621,7 +621,7 @@ mod tests {
     #[test]
     fn split_items_share_one_owner() {
         let (_dev, mut s) = state();
-        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        let (obj, mut it) = s.new_inode(0, FileKind::File, 0o644, 0, 0, 0).unwrap();
         s.write_data(obj, &mut it, 0, &vec![7u8; 64 * 1024])
             .unwrap();
         s.put_inode(obj, &it).unwrap();
@@ -659,7 +659,7 @@ mod tests {
     #[test]
     fn reads_verify_checksums() {
         let (dev, mut s) = state();
-        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        let (obj, mut it) = s.new_inode(0, FileKind::File, 0o644, 0, 0, 0).unwrap();
         s.write_data(obj, &mut it, 0, &[5u8; 8192]).unwrap();
         s.put_inode(obj, &it).unwrap();
         s.flush_data(obj).unwrap();
@@ -685,7 +685,7 @@ mod tests {
     #[test]
     fn encrypted_extents_need_a_key() {
         let (_dev, mut s) = state();
-        let (obj, mut it) = s.new_inode(FileKind::File, 0o644, 0, 0, 0).unwrap();
+        let (obj, mut it) = s.new_inode(0, FileKind::File, 0o644, 0, 0, 0).unwrap();
         s.write_data(obj, &mut it, 0, &[1u8; 4096]).unwrap();
         s.put_inode(obj, &it).unwrap();
         s.flush_data(obj).unwrap();

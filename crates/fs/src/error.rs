@@ -46,6 +46,8 @@ pub enum Error {
     NotSupported,
     #[error("too many levels of symbolic links")]
     Loop,
+    #[error("device or resource busy")]
+    Busy,
     /// Encrypted data and no key to read it with (encryption arrives in a later issue).
     #[error("required key not available")]
     NoKey,
@@ -78,6 +80,7 @@ impl Error {
             Error::ReadOnly => libc::EROFS,
             Error::TooBig => libc::EFBIG,
             Error::TooManyLinks => libc::EMLINK,
+            Error::Busy => libc::EBUSY,
             Error::NoData => libc::ENODATA,
             Error::Range => libc::ERANGE,
             Error::ValueTooBig => libc::E2BIG,

@@ -33,7 +33,7 @@ impl State {
         if nothing {
             return Ok(self.attr(obj, &it));
         }
-        self.writable()?;
+        self.writable(obj)?;
         // Checks, all before any change.
         if set.mode.is_some() && !owner_or_root(&it, c) {
             return Err(Error::Perm);
@@ -151,7 +151,7 @@ impl State {
         let truncate = flags.truncate() && it.kind == FileKind::File;
         if flags.writable() || truncate {
             want |= MAY_WRITE;
-            self.writable()?;
+            self.writable(obj)?;
         }
         self.permit(obj, &it, c, want)?;
         if truncate {
@@ -230,7 +230,7 @@ impl State {
             return Err(Error::BadHandle);
         }
         let len = u32::try_from(data.len()).map_err(|_| Error::Invalid("write too large"))?;
-        self.writable()?;
+        self.writable(obj)?;
         let mut it = self.inode(obj)?;
         if it.kind != FileKind::File {
             return Err(Error::Invalid("write to a special file"));
@@ -292,7 +292,7 @@ impl State {
             FileKind::Dir => return Err(Error::IsDir),
             _ => return Err(Error::Invalid("fallocate of a special file")),
         }
-        self.writable()?;
+        self.writable(obj)?;
         let now = Timespec::now();
         if mode.punch_hole {
             self.punch(obj, &mut it, offset, end)?;
@@ -371,7 +371,7 @@ impl State {
                 middle = body;
             }
             if middle > 0 {
-                self.writable()?;
+                self.writable(out_obj)?;
                 let mut done =
                     self.copy_bytes(in_obj, off_in, out_obj, fh_out, off_out, head, c)?;
                 if done < head {

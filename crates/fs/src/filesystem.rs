@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::inspect::Inspection;
 use crate::items::{self, FileExtent, InodeItem, ROOT_OBJECTID, SubvolInfo, ty};
 use crate::state::{State, TREE, objectid};
+use crate::subvol::{SubvolumeEntry, SubvolumeList};
 use crate::types::{
     Attr, Caller, DirEntry, FallocMode, Fh, FileKind, Ino, MkfsOptions, OpenFlags, OpenOptions,
     RenameFlags, SetAttr, StatFs, Timespec, Whence,
@@ -458,6 +459,65 @@ impl Filesystem {
         self.op(|s| s.statfs())
     }
 
+    // --- Subvolumes ---------------------------------------------------------------------------
+
+    /// Makes a new, empty subvolume linked as `name` in directory `parent` (mode as mkdir).
+    pub fn subvolume_create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        c: &Caller,
+    ) -> Result<Attr> {
+        self.op(|s| s.subvolume_create(objectid(parent)?, name, mode, c))
+    }
+
+    /// Snapshots the subvolume whose root directory is `source` as `name` in `parent`: O(1),
+    /// sharing every block. `read_only` snapshots refuse every change (EROFS).
+    pub fn subvolume_snapshot(
+        &self,
+        source: Ino,
+        parent: Ino,
+        name: &[u8],
+        read_only: bool,
+        c: &Caller,
+    ) -> Result<Attr> {
+        self.op(|s| s.subvolume_snapshot(objectid(source)?, objectid(parent)?, name, read_only, c))
+    }
+
+    /// Deletes the subvolume linked as `name` in `parent`. Returns at once; its space is freed
+    /// in the background (see [`SubvolumeList::deleting`]), also after a remount or crash.
+    pub fn subvolume_delete(&self, parent: Ino, name: &[u8], c: &Caller) -> Result<()> {
+        self.op(|s| s.subvolume_delete(objectid(parent)?, name, c))
+    }
+
+    /// Every subvolume, with the deletions still releasing space.
+    pub fn subvolume_list(&self) -> Result<SubvolumeList> {
+        self.op(|s| s.subvolume_list())
+    }
+
+    /// The subvolume that inode `ino` belongs to.
+    pub fn subvolume_show(&self, ino: Ino) -> Result<SubvolumeEntry> {
+        self.op(|s| s.subvolume_show(objectid(ino)?))
+    }
+
+    /// Sets or clears the read-only flag of the subvolume whose root is `ino` (root only).
+    pub fn subvolume_set_read_only(&self, ino: Ino, read_only: bool, c: &Caller) -> Result<()> {
+        self.op(|s| s.subvolume_set_read_only(objectid(ino)?, read_only, c))
+    }
+
+    /// Releases space of deleted subvolumes until none is left (the commit thread does the
+    /// same a step at a time); commits. For tests and offline tools.
+    pub fn finish_subvolume_deletions(&self) -> Result<()> {
+        loop {
+            let more = self.op(|s| s.continue_subvolume_drops())?;
+            self.sync()?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
     // --- Offline tools ------------------------------------------------------------------------
 
     /// The store's check and the filesystem's own; every fault found is listed.
@@ -499,6 +559,15 @@ fn commit_loop(shared: &Shared, every: Duration) {
         }
         drop(stop);
         let mut s = shared.lock();
+        // Deleted subvolumes release their space a step per tick, each step committed.
+        if s.drops_pending
+            && s.failed.is_none()
+            && let Err(e) = s.continue_subvolume_drops()
+        {
+            // Half a step may sit in the transaction: stop, as any operation failing part way.
+            eprintln!("cowfs: background subvolume deletion: {e}; remount to recover");
+            s.failed = Some(format!("background subvolume deletion: {e}"));
+        }
         let dirty = s.changes != s.committed_changes || s.dirty_bytes > 0;
         if dirty
             && s.failed.is_none()

@@ -7,8 +7,8 @@ use std::fmt;
 use store::Key;
 
 use crate::error::Result;
-use crate::items::{self, ExtentKind, FileExtent, InodeItem, SubvolInfo, ty};
-use crate::state::{State, TREE};
+use crate::items::{self, ExtentKind, FileExtent, InodeItem, ROOT_OBJECTID, SubvolInfo, ty};
+use crate::state::{State, global, subvol_tree};
 use crate::types::{FileKind, Timespec};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -70,16 +70,30 @@ impl State {
     pub(crate) fn inspect(&mut self) -> Result<Inspection> {
         // The committed generation: what is on disk (changes not yet committed show too).
         let generation = self.store().generation();
-        let all = self.items(Key::MIN, Key::MAX)?;
+        let mut subvolumes = Vec::new();
+        for id in self.subvol_ids()? {
+            subvolumes.push(self.inspect_subvolume(id)?);
+        }
+        Ok(Inspection {
+            generation,
+            subvolumes,
+        })
+    }
+
+    /// One subvolume's items; inode numbers are global (as the mount shows them).
+    fn inspect_subvolume(&mut self, id: u64) -> Result<SubvolumeInfo> {
+        let tree = subvol_tree(id);
+        let all = self.items_in(tree, Key::MIN, Key::MAX, usize::MAX)?;
         let mut sv = SubvolumeInfo {
-            id: 0,
-            tree: TREE,
+            id,
+            tree,
             next_objectid: 0,
             inodes: Vec::new(),
             entries: Vec::new(),
             orphans: Vec::new(),
         };
         for (k, v) in &all {
+            let k = &Key::new(global(id, k.objectid), k.item_type, k.offset);
             match k.item_type {
                 ty::SUBVOL_INFO => sv.next_objectid = SubvolInfo::decode(k, v)?.next_objectid,
                 ty::INODE => {
@@ -104,7 +118,11 @@ impl State {
                         dir: k.objectid,
                         index: e.index,
                         name: String::from_utf8_lossy(&e.name).into_owned(),
-                        ino: e.child,
+                        ino: if e.subvol {
+                            global(e.child, ROOT_OBJECTID)
+                        } else {
+                            global(id, e.child)
+                        },
                         kind: e.kind,
                     });
                 }
@@ -140,14 +158,11 @@ impl State {
                         });
                     }
                 }
-                ty::ORPHAN => sv.orphans.push(k.offset),
+                ty::ORPHAN => sv.orphans.push(global(id, k.offset)),
                 _ => {}
             }
         }
-        Ok(Inspection {
-            generation,
-            subvolumes: vec![sv],
-        })
+        Ok(sv)
     }
 }
 

@@ -29,12 +29,23 @@ pub mod ty {
     pub const FILE_EXTENT: u8 = 108;
     /// (object id, SYMLINK, byte offset) -> a piece of a symlink's target.
     pub const SYMLINK: u8 = 110;
+    /// Subvolume index tree: (subvolume number, SUBVOL_ROOT, 0) -> [`SubvolRoot`](super::SubvolRoot).
+    pub const SUBVOL_ROOT: u8 = 3;
+    /// Subvolume index tree: (0, SUBVOL_COUNTER, 0) -> [`SubvolCounter`](super::SubvolCounter).
+    pub const SUBVOL_COUNTER: u8 = 4;
 }
 
 /// Object id under which orphan items live: above every inode's (48-bit) object id.
 pub const ORPHAN_OBJECTID: u64 = 1 << 48;
 /// Object id of a subvolume's root directory.
 pub const ROOT_OBJECTID: u64 = 1;
+/// Object id of the stand-in a snapshot shows for a nested subvolume it does not contain (an
+/// empty, unchangeable directory, as btrfs shows): never an inode on disk.
+pub const EMPTY_DIR_OBJECTID: u64 = (1 << 48) - 1;
+
+/// The tree (owned by this layer, kept by the store) that indexes subvolumes: one
+/// [`SubvolRoot`] per subvolume other than 0 and the [`SubvolCounter`].
+pub const SUBVOL_INDEX_TREE: u64 = store::tree_id::UPPER_INDEX_TREE;
 /// First DIR_INDEX of a directory: cookies 1 and 2 are "." and "..".
 pub const FIRST_DIR_INDEX: u64 = 3;
 /// Bytes of a symlink target per SYMLINK item, so any node size holds one.
@@ -157,6 +168,27 @@ pub struct InodeItem {
 }
 
 impl InodeItem {
+    /// The stand-in directory a snapshot shows for a nested subvolume it does not contain.
+    pub fn empty_subvol_dir() -> InodeItem {
+        InodeItem {
+            kind: FileKind::Dir,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            bytes: 0,
+            generation: 0,
+            next_index: FIRST_DIR_INDEX,
+            flags: 0,
+            atime: Timespec { sec: 0, nsec: 0 },
+            mtime: Timespec { sec: 0, nsec: 0 },
+            ctime: Timespec { sec: 0, nsec: 0 },
+            crtime: Timespec { sec: 0, nsec: 0 },
+        }
+    }
+
     pub const SIZE: usize = 112;
 
     pub fn encode(&self) -> Vec<u8> {
@@ -242,6 +274,90 @@ impl SubvolInfo {
     }
 }
 
+/// Flag of a read-only subvolume.
+pub const SUBVOL_READ_ONLY: u64 = 1;
+
+/// Where a subvolume is linked and what it is: (subvolume, SUBVOL_ROOT, 0) in the index tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubvolRoot {
+    /// Global id of the directory holding its entry.
+    pub parent: u64,
+    /// Its entry's name there.
+    pub name: Vec<u8>,
+    /// [`SUBVOL_READ_ONLY`].
+    pub flags: u64,
+    /// The subvolume it is a snapshot of, if any (that subvolume may be gone since).
+    pub snapshot_of: Option<u64>,
+    /// Transaction generation that made it.
+    pub generation: u64,
+    pub otime: Timespec,
+}
+
+impl SubvolRoot {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![VERSION];
+        v.extend_from_slice(&self.parent.to_le_bytes());
+        v.extend_from_slice(&self.flags.to_le_bytes());
+        v.extend_from_slice(&self.snapshot_of.unwrap_or(u64::MAX).to_le_bytes());
+        v.extend_from_slice(&self.generation.to_le_bytes());
+        v.extend_from_slice(&self.otime.sec.to_le_bytes());
+        v.extend_from_slice(&self.otime.nsec.to_le_bytes());
+        put_name(&mut v, &self.name);
+        v
+    }
+
+    pub fn decode(key: &Key, b: &[u8]) -> Result<Self> {
+        let mut r = Rd::new(key, b, "subvolume root")?;
+        let parent = r.u64()?;
+        let flags = r.u64()?;
+        if flags & !SUBVOL_READ_ONLY != 0 {
+            return Err(Error::corrupt(key, format!("subvolume flags {flags:#x}")));
+        }
+        let snapshot_of = match r.u64()? {
+            u64::MAX => None,
+            n => Some(n),
+        };
+        let generation = r.u64()?;
+        let sec = r.u64()? as i64;
+        let nsec = r.u32()?;
+        if nsec >= 1_000_000_000 {
+            return Err(Error::corrupt(key, "nanoseconds out of range"));
+        }
+        let name = r.name()?.to_vec();
+        r.done()?;
+        Ok(SubvolRoot {
+            parent,
+            name,
+            flags,
+            snapshot_of,
+            generation,
+            otime: Timespec { sec, nsec },
+        })
+    }
+}
+
+/// The next subvolume number to hand out: (0, SUBVOL_COUNTER, 0) in the index tree. Numbers are
+/// never reused, so a subvolume still being freed in the background never meets a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubvolCounter {
+    pub next: u64,
+}
+
+impl SubvolCounter {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![VERSION];
+        v.extend_from_slice(&self.next.to_le_bytes());
+        v
+    }
+
+    pub fn decode(key: &Key, b: &[u8]) -> Result<Self> {
+        let mut r = Rd::new(key, b, "subvolume counter")?;
+        let next = r.u64()?;
+        r.done()?;
+        Ok(SubvolCounter { next })
+    }
+}
+
 /// One name of an inode in a parent directory (part of an INODE_REF item).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InodeRef {
@@ -275,25 +391,45 @@ pub fn decode_inode_refs(key: &Key, b: &[u8]) -> Result<Vec<InodeRef>> {
 /// A directory entry as DIR_ITEM (a list of these per hash) and DIR_INDEX (one) store it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntryItem {
+    /// On disk: the child's object id in the directory's tree, or for a subvolume link the
+    /// subvolume's number. In memory above the item helpers: the child's global id.
     pub child: u64,
     pub kind: FileKind,
     pub index: u64,
     pub name: Vec<u8>,
+    /// A link to another subvolume's root directory (kind code [`SUBVOL_LINK_CODE`] on disk).
+    pub subvol: bool,
 }
+
+/// Kind code of an entry that links a subvolume (it reads as a directory).
+pub const SUBVOL_LINK_CODE: u8 = 64;
 
 fn put_entry(v: &mut Vec<u8>, e: &DirEntryItem) {
     v.extend_from_slice(&e.child.to_le_bytes());
-    v.push(e.kind.code());
+    v.push(if e.subvol {
+        SUBVOL_LINK_CODE
+    } else {
+        e.kind.code()
+    });
     v.extend_from_slice(&e.index.to_le_bytes());
     put_name(v, &e.name);
 }
 
 fn get_entry(r: &mut Rd<'_>) -> Result<DirEntryItem> {
+    let child = r.u64()?;
+    let subvol = r.b.first() == Some(&SUBVOL_LINK_CODE);
+    let kind = if subvol {
+        r.u8()?;
+        FileKind::Dir
+    } else {
+        r.kind()?
+    };
     Ok(DirEntryItem {
-        child: r.u64()?,
-        kind: r.kind()?,
+        child,
+        kind,
         index: r.u64()?,
         name: r.name()?.to_vec(),
+        subvol,
     })
 }
 
@@ -522,6 +658,8 @@ pub fn decode_any(key: &Key, b: &[u8]) -> Result<()> {
         ty::DATA_CSUM => decode_csums(key, b).map(drop),
         ty::FILE_EXTENT => FileExtent::decode(key, b).map(drop),
         ty::SYMLINK => decode_symlink_piece(key, b).map(drop),
+        ty::SUBVOL_ROOT => SubvolRoot::decode(key, b).map(drop),
+        ty::SUBVOL_COUNTER => SubvolCounter::decode(key, b).map(drop),
         t => Err(Error::corrupt(key, format!("unknown item type {t}"))),
     }
 }
@@ -601,6 +739,7 @@ mod tests {
             kind: FileKind::Dir,
             index: 4,
             name: b"abc".to_vec(),
+            subvol: false,
         };
         let v = encode_dir_items(std::slice::from_ref(&e));
         let k = Key::new(1, ty::DIR_ITEM, name_hash(b"abc"));

@@ -39,6 +39,7 @@ pub mod items;
 mod namei;
 mod perm;
 mod state;
+mod subvol;
 mod types;
 mod xattr;
 
@@ -46,6 +47,7 @@ pub use check::FsckReport;
 pub use error::{Error, Result};
 pub use filesystem::Filesystem;
 pub use inspect::{EntryInfo, ExtentInfo, InodeInfo, Inspection, SubvolumeInfo};
+pub use subvol::{SubvolumeEntry, SubvolumeList};
 pub use types::{
     Attr, Caller, DirEntry, FallocMode, Fh, FileKind, Ino, MkfsOptions, NAME_MAX, OpenFlags,
     OpenOptions, ROOT_INO, RenameFlags, SetAttr, StatFs, TimeSet, Timespec, Whence,

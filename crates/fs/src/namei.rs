@@ -8,9 +8,11 @@ use store::Key;
 
 use crate::acl;
 use crate::error::{Error, Result};
-use crate::items::{self, DirEntryItem, ROOT_OBJECTID, SYMLINK_CHUNK, SYMLINK_MAX, ty};
+use crate::items::{
+    self, DirEntryItem, EMPTY_DIR_OBJECTID, ROOT_OBJECTID, SYMLINK_CHUNK, SYMLINK_MAX, ty,
+};
 use crate::perm::{MAY_WRITE, sticky_ok};
-use crate::state::{State, check_name};
+use crate::state::{State, check_name, local, subvol_of};
 use crate::types::{Attr, Caller, FileKind, RenameFlags, Timespec};
 
 /// Most links one inode may have (ext4's limit).
@@ -55,7 +57,7 @@ impl State {
                 return Err(Error::NotFound);
             }
         }
-        self.writable()?;
+        self.writable(parent)?;
         let d = self.may_change_dir(parent, c)?;
         if d.nlink == 0 {
             return Err(Error::NotFound);
@@ -86,7 +88,7 @@ impl State {
         if kind != FileKind::Dir && perm & 0o2000 != 0 && c.uid != 0 && !c.in_group(gid) {
             perm &= !0o2000;
         }
-        let (obj, mut it) = self.new_inode(kind, perm, c.uid, gid, rdev)?;
+        let (obj, mut it) = self.new_inode(subvol_of(parent), kind, perm, c.uid, gid, rdev)?;
         if let Some(a) = access {
             self.put_xattr(obj, acl::ACCESS_XATTR, Some(&a.encode()))?;
         }
@@ -141,7 +143,10 @@ impl State {
 
     pub(crate) fn link(&mut self, obj: u64, parent: u64, name: &[u8], c: &Caller) -> Result<Attr> {
         check_name(name)?;
-        self.writable()?;
+        if subvol_of(obj) != subvol_of(parent) {
+            return Err(Error::CrossDevice);
+        }
+        self.writable(parent)?;
         let mut it = self.inode(obj)?;
         if it.kind == FileKind::Dir {
             return Err(Error::Perm);
@@ -166,7 +171,7 @@ impl State {
 
     pub(crate) fn unlink(&mut self, parent: u64, name: &[u8], c: &Caller) -> Result<()> {
         check_name(name)?;
-        self.writable_for_delete()?;
+        self.writable_for_delete(parent)?;
         let d = self.may_change_dir(parent, c)?;
         if dot(name) {
             return Err(Error::IsDir);
@@ -191,11 +196,24 @@ impl State {
             b".." => return Err(Error::NotEmpty),
             _ => {}
         }
-        self.writable_for_delete()?;
+        self.writable_for_delete(parent)?;
         let d = self.may_change_dir(parent, c)?;
         let e = self.find_entry(parent, name)?.ok_or(Error::NotFound)?;
         if e.kind != FileKind::Dir {
             return Err(Error::NotDir);
+        }
+        if e.subvol {
+            // An empty subvolume goes as btrfs lets rmdir take it; a snapshot's stand-in for a
+            // nested subvolume is only an entry.
+            if local(e.child) == EMPTY_DIR_OBJECTID {
+                self.remove_entry(parent, name)?;
+                self.adjust_nlink(parent, -1)?;
+                return Ok(());
+            }
+            if self.dir_has_entries(e.child)? {
+                return Err(Error::NotEmpty);
+            }
+            return self.subvolume_delete(parent, name, c);
         }
         let it = self.inode(e.child)?;
         sticky_ok(&d, &it, c)?;
@@ -249,7 +267,11 @@ impl State {
         if dot(name) || dot(new_name) {
             return Err(Error::Invalid("rename of . or .."));
         }
-        self.writable()?;
+        if subvol_of(p) != subvol_of(np) {
+            return Err(Error::CrossDevice);
+        }
+        self.writable(p)?;
+        self.writable(np)?;
         let d1 = self.may_change_dir(p, c)?;
         let d2 = self.may_change_dir(np, c)?;
         let src = self.find_entry(p, name)?.ok_or(Error::NotFound)?;

@@ -14,15 +14,54 @@ use store::{Key, Store, WriteTxn, tree_id};
 
 use crate::error::{Error, Result};
 use crate::items::{
-    self, DirEntryItem, FIRST_DIR_INDEX, InodeItem, InodeRef, ORPHAN_OBJECTID, ROOT_OBJECTID,
-    SubvolInfo, name_hash, ty,
+    self, DirEntryItem, EMPTY_DIR_OBJECTID, FIRST_DIR_INDEX, InodeItem, InodeRef, ORPHAN_OBJECTID,
+    ROOT_OBJECTID, SubvolInfo, name_hash, ty,
 };
 use crate::types::{Attr, FileKind, Ino, NAME_MAX, OpenFlags, OpenOptions, Timespec};
 
-/// The tree of subvolume 0 (the only one until subvolumes arrive).
+/// The tree of subvolume 0, the top-level subvolume made by mkfs.
 pub(crate) const TREE: u64 = tree_id::FIRST_SUBVOL_TREE;
 /// Bits of an inode number that hold the object id.
 const OBJECTID_MASK: u64 = (1 << 48) - 1;
+/// Highest subvolume number (the top 16 bits of an inode number).
+pub(crate) const MAX_SUBVOL: u64 = (1 << 16) - 1;
+
+// Inside `State` an object is named by its global id, the inode number: subvolume in the top
+// 16 bits, object id inside that subvolume's tree in the low 48. Item helpers below take keys
+// whose object id is such a global id and route them to the subvolume's tree.
+
+/// The subvolume of a global object id.
+pub(crate) fn subvol_of(obj: u64) -> u64 {
+    obj >> 48
+}
+
+/// The tree holding a subvolume's items.
+pub(crate) fn subvol_tree(subvol: u64) -> u64 {
+    tree_id::FIRST_SUBVOL_TREE + subvol
+}
+
+/// The tree holding a global object's items.
+pub(crate) fn tree_of(obj: u64) -> u64 {
+    subvol_tree(subvol_of(obj))
+}
+
+/// The object id inside its subvolume's tree.
+pub(crate) fn local(obj: u64) -> u64 {
+    obj & OBJECTID_MASK
+}
+
+/// The global id of object `local` of `subvol`.
+pub(crate) fn global(subvol: u64, local: u64) -> u64 {
+    (subvol << 48) | (local & OBJECTID_MASK)
+}
+
+/// Where an item of a global key lives: its tree and its key inside that tree.
+fn route(key: &Key) -> (u64, Key) {
+    (
+        tree_of(key.objectid),
+        Key::new(local(key.objectid), key.item_type, key.offset),
+    )
+}
 /// Block size of file data and of `st_blksize`.
 pub(crate) const BLOCK: u64 = 4096;
 
@@ -47,7 +86,8 @@ pub(crate) struct State {
     pub settled_changes: u64,
     /// Why the filesystem stopped taking changes.
     pub failed: Option<String>,
-    next_objectid: u64,
+    /// Next object id per subvolume, loaded on first use.
+    next_objectid: HashMap<u64, u64>,
     pub handles: HashMap<u64, Handle>,
     next_fh: u64,
     /// Open handles per object id.
@@ -57,15 +97,16 @@ pub(crate) struct State {
     /// Buffered file data: object id -> block index -> one block.
     pub dirty: BTreeMap<u64, BTreeMap<u64, Box<[u8]>>>,
     pub dirty_bytes: u64,
+    /// Deleted subvolumes whose blocks are still being released in the background.
+    pub drops_pending: bool,
 }
 
-/// The object id inside subvolume 0 that `ino` names.
+/// The global object id `ino` names (the inode number itself, checked for shape).
 pub(crate) fn objectid(ino: Ino) -> Result<u64> {
-    let obj = ino & OBJECTID_MASK;
-    if ino >> 48 != 0 || obj == 0 {
+    if local(ino) == 0 {
         return Err(Error::NotFound);
     }
-    Ok(obj)
+    Ok(ino)
 }
 
 pub(crate) fn check_name(name: &[u8]) -> Result<()> {
@@ -88,26 +129,32 @@ impl State {
             committed_changes: 0,
             settled_changes: 0,
             failed: None,
-            next_objectid: 0,
+            next_objectid: HashMap::new(),
             handles: HashMap::new(),
             next_fh: 1,
             opens: HashMap::new(),
             lookups: HashMap::new(),
             dirty: BTreeMap::new(),
             dirty_bytes: 0,
+            drops_pending: false,
         };
-        let key = Key::new(0, ty::SUBVOL_INFO, 0);
-        let info = match s.get(&key)? {
-            Some(v) => SubvolInfo::decode(&key, &v)?,
-            None => return Err(Error::corrupt(&key, "no subvolume info")),
-        };
-        s.next_objectid = info.next_objectid;
+        s.drops_pending = s.store.pending_deletion()?.trees > 0;
+        s.subvol_info(0)?;
         Ok(s)
     }
 
-    /// Object ids handed out so far (an upper bound on inodes in use).
+    /// A subvolume's counters item.
+    pub fn subvol_info(&mut self, subvol: u64) -> Result<SubvolInfo> {
+        let key = Key::new(global(subvol, 0), ty::SUBVOL_INFO, 0);
+        match self.get(&key)? {
+            Some(v) => SubvolInfo::decode(&key, &v),
+            None => Err(Error::corrupt(&key, "no subvolume info")),
+        }
+    }
+
+    /// Object ids handed out so far in subvolume 0 (an upper bound on its inodes).
     pub fn next_objectid_hint(&self) -> u64 {
-        self.next_objectid
+        self.next_objectid.get(&0).copied().unwrap_or(0)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -123,14 +170,34 @@ impl State {
         Ok(self.txn.insert(t))
     }
 
-    /// Reads see the open transaction, so they see every change made so far.
+    /// Reads see the open transaction, so they see every change made so far. The key's object
+    /// id is global: a subvolume that does not exist has no items.
     pub fn get(&mut self, key: &Key) -> Result<Option<Vec<u8>>> {
-        Ok(self.txn()?.get(TREE, key)?)
+        let (tree, k) = route(key);
+        let t = self.txn()?;
+        if !t.has_tree(tree) {
+            return Ok(None);
+        }
+        Ok(t.get(tree, &k)?)
     }
 
-    /// Items of the subvolume tree with keys in `[lo, hi]`, in order.
+    /// Items with global keys in `[lo, hi]` (both in one subvolume), in order, with global keys.
     pub fn items(&mut self, lo: Key, hi: Key) -> Result<Vec<(Key, Vec<u8>)>> {
-        self.items_in(TREE, lo, hi, usize::MAX)
+        let subvol = subvol_of(lo.objectid);
+        let (tree, lo) = route(&lo);
+        let hi = if subvol_of(hi.objectid) == subvol {
+            route(&hi).1
+        } else {
+            Key::new(OBJECTID_MASK, u8::MAX, u64::MAX)
+        };
+        if !self.txn()?.has_tree(tree) {
+            return Ok(Vec::new());
+        }
+        let mut out = self.items_in(tree, lo, hi, usize::MAX)?;
+        for (k, _) in &mut out {
+            k.objectid = global(subvol, k.objectid);
+        }
+        Ok(out)
     }
 
     pub fn items_in(
@@ -142,6 +209,9 @@ impl State {
     ) -> Result<Vec<(Key, Vec<u8>)>> {
         let t = self.txn()?;
         let mut out = Vec::new();
+        if !t.has_tree(tree) {
+            return Ok(out);
+        }
         for r in t.range(tree, lo..=hi)? {
             out.push(r?);
             if out.len() >= max {
@@ -151,17 +221,29 @@ impl State {
         Ok(out)
     }
 
-    /// The last item with a key in `[lo, hi]`.
+    /// The last item with a global key in `[lo, hi]` (both in one subvolume), key global.
     pub fn last_item(&mut self, lo: Key, hi: Key) -> Result<Option<(Key, Vec<u8>)>> {
+        let subvol = subvol_of(lo.objectid);
+        let (tree, lo) = route(&lo);
+        let (_, hi) = route(&hi);
         let t = self.txn()?;
-        match t.range(TREE, lo..=hi)?.next_back() {
-            Some(r) => Ok(Some(r?)),
+        if !t.has_tree(tree) {
+            return Ok(None);
+        }
+        match t.range(tree, lo..=hi)?.next_back() {
+            Some(r) => {
+                let (mut k, v) = r?;
+                k.objectid = global(subvol, k.objectid);
+                Ok(Some((k, v)))
+            }
             None => Ok(None),
         }
     }
 
+    /// Inserts or replaces an item under a global key.
     pub fn put(&mut self, key: Key, value: &[u8]) -> Result<()> {
-        self.put_in(TREE, key, value)
+        let (tree, k) = route(&key);
+        self.put_in(tree, k, value)
     }
 
     pub fn put_in(&mut self, tree: u64, key: Key, value: &[u8]) -> Result<()> {
@@ -170,8 +252,10 @@ impl State {
         Ok(())
     }
 
+    /// Deletes the item under a global key.
     pub fn del(&mut self, key: &Key) -> Result<bool> {
-        self.del_in(TREE, key)
+        let (tree, k) = route(key);
+        self.del_in(tree, &k)
     }
 
     pub fn del_in(&mut self, tree: u64, key: &Key) -> Result<bool> {
@@ -199,9 +283,10 @@ impl State {
 
     /// Refuses a change when the filesystem is read-only or has stopped taking changes, or when
     /// metadata space is so low that an operation could run out part way.
-    pub fn writable(&mut self) -> Result<()> {
+    /// `obj` is the object the change lands in: a read-only subvolume refuses it.
+    pub fn writable(&mut self, obj: u64) -> Result<()> {
         self.check_not_stopped()?;
-        if self.opts.read_only {
+        if self.opts.read_only || self.subvol_read_only(subvol_of(obj))? {
             return Err(Error::ReadOnly);
         }
         let st = self.txn()?.stats();
@@ -209,6 +294,15 @@ impl State {
         // An operation changes a handful of items; each may copy a path of a few nodes.
         if st.metadata.free < st.metadata_reserve + 64 * node {
             return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Refuses a change to the filesystem as a whole when it is read-only or stopped.
+    pub fn check_writable_fs(&self) -> Result<()> {
+        self.check_not_stopped()?;
+        if self.opts.read_only {
+            return Err(Error::ReadOnly);
         }
         Ok(())
     }
@@ -222,9 +316,9 @@ impl State {
 
     /// Like [`State::writable`] for removals (unlink, rmdir): they may use the store's metadata
     /// reserve, so a full filesystem can still be emptied.
-    pub fn writable_for_delete(&mut self) -> Result<()> {
+    pub fn writable_for_delete(&mut self, obj: u64) -> Result<()> {
         self.check_not_stopped()?;
-        if self.opts.read_only {
+        if self.opts.read_only || self.subvol_read_only(subvol_of(obj))? {
             return Err(Error::ReadOnly);
         }
         self.txn()?.allow_reserve();
@@ -234,6 +328,9 @@ impl State {
     // --- Inodes -------------------------------------------------------------------------------
 
     pub fn inode(&mut self, obj: u64) -> Result<InodeItem> {
+        if local(obj) == EMPTY_DIR_OBJECTID {
+            return Ok(InodeItem::empty_subvol_dir());
+        }
         let key = Key::new(obj, ty::INODE, 0);
         match self.get(&key)? {
             Some(v) => InodeItem::decode(&key, &v),
@@ -242,6 +339,10 @@ impl State {
     }
 
     pub fn put_inode(&mut self, obj: u64, it: &InodeItem) -> Result<()> {
+        if local(obj) == EMPTY_DIR_OBJECTID {
+            // The stand-in for a nested subvolume inside a snapshot has no item to change.
+            return Err(Error::Perm);
+        }
         self.put(Key::new(obj, ty::INODE, 0), &it.encode())
     }
 
@@ -270,24 +371,32 @@ impl State {
         Ok(self.attr(obj, &it))
     }
 
-    /// A new inode with one link (two for a directory) and a fresh object id.
+    /// A new inode of `subvol` with one link (two for a directory) and a fresh object id.
     pub fn new_inode(
         &mut self,
+        subvol: u64,
         kind: FileKind,
         perm: u32,
         uid: u32,
         gid: u32,
         rdev: u32,
     ) -> Result<(u64, InodeItem)> {
-        let obj = self.next_objectid;
-        if obj >= ORPHAN_OBJECTID {
+        let next = match self.next_objectid.get(&subvol) {
+            Some(&n) => n,
+            None => self.subvol_info(subvol)?.next_objectid,
+        };
+        if next >= EMPTY_DIR_OBJECTID {
             return Err(Error::NoSpace);
         }
-        self.next_objectid += 1;
+        let obj = global(subvol, next);
+        self.next_objectid.insert(subvol, next + 1);
         let info = SubvolInfo {
-            next_objectid: self.next_objectid,
+            next_objectid: next + 1,
         };
-        self.put(Key::new(0, ty::SUBVOL_INFO, 0), &info.encode())?;
+        self.put(
+            Key::new(global(subvol, 0), ty::SUBVOL_INFO, 0),
+            &info.encode(),
+        )?;
         let now = Timespec::now();
         let generation = self.txn()?.generation();
         let it = InodeItem {
@@ -324,7 +433,10 @@ impl State {
             }
             self.del(&k)?;
         }
-        self.del(&Key::new(ORPHAN_OBJECTID, ty::ORPHAN, obj))?;
+        self.del_in(
+            tree_of(obj),
+            &Key::new(ORPHAN_OBJECTID, ty::ORPHAN, local(obj)),
+        )?;
         Ok(())
     }
 
@@ -332,8 +444,9 @@ impl State {
     /// known to the kernel.
     pub fn unlinked(&mut self, obj: u64) -> Result<()> {
         if self.in_use(obj) {
-            self.put(
-                Key::new(ORPHAN_OBJECTID, ty::ORPHAN, obj),
+            self.put_in(
+                tree_of(obj),
+                Key::new(ORPHAN_OBJECTID, ty::ORPHAN, local(obj)),
                 &items::encode_orphan(),
             )
         } else {
@@ -357,17 +470,35 @@ impl State {
         }
     }
 
-    /// Removes orphans left by a crash or an unmount with open files.
+    /// Removes orphans left by a crash or an unmount with open files, in every subvolume.
     pub fn clean_orphans(&mut self) -> Result<usize> {
-        let orphans = self.items(
-            Key::new(ORPHAN_OBJECTID, ty::ORPHAN, 0),
-            Key::new(ORPHAN_OBJECTID, ty::ORPHAN, u64::MAX),
-        )?;
-        let n = orphans.len();
-        for (k, _) in orphans {
-            self.evict(k.offset)?;
+        let mut n = 0;
+        for subvol in self.subvol_ids()? {
+            let orphans = self.items_in(
+                subvol_tree(subvol),
+                Key::new(ORPHAN_OBJECTID, ty::ORPHAN, 0),
+                Key::new(ORPHAN_OBJECTID, ty::ORPHAN, u64::MAX),
+                usize::MAX,
+            )?;
+            n += orphans.len();
+            for (k, _) in orphans {
+                self.evict(global(subvol, k.offset))?;
+            }
         }
         Ok(n)
+    }
+
+    /// Numbers of the subvolumes whose trees exist (being dropped ones excluded).
+    pub fn subvol_ids(&mut self) -> Result<Vec<u64>> {
+        let first = tree_id::FIRST_SUBVOL_TREE;
+        let last = first + MAX_SUBVOL;
+        Ok(self
+            .txn()?
+            .tree_ids()
+            .into_iter()
+            .filter(|t| (first..=last).contains(t))
+            .map(|t| t - first)
+            .collect())
     }
 
     // --- Handles ------------------------------------------------------------------------------
@@ -415,14 +546,37 @@ impl State {
 
     // --- Directory entries --------------------------------------------------------------------
 
-    /// The entry `name` of directory `dir`.
+    /// The entry `name` of directory `dir`, its child as a global id.
     pub fn find_entry(&mut self, dir: u64, name: &[u8]) -> Result<Option<DirEntryItem>> {
         let key = Key::new(dir, ty::DIR_ITEM, name_hash(name));
         let Some(v) = self.get(&key)? else {
             return Ok(None);
         };
         let es = items::decode_dir_items(&key, &v)?;
-        Ok(es.into_iter().find(|e| e.name == name))
+        match es.into_iter().find(|e| e.name == name) {
+            Some(e) => Ok(Some(self.entry_global(dir, e)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// An entry as stored (child local to `dir`'s subvolume, or a subvolume number) made global.
+    /// A subvolume entry whose subvolume is not linked here (it was copied by a snapshot of the
+    /// parent, or the subvolume is gone) shows as an empty directory, as in btrfs.
+    fn entry_global(&mut self, dir: u64, mut e: DirEntryItem) -> Result<DirEntryItem> {
+        if !e.subvol {
+            e.child = global(subvol_of(dir), e.child);
+            return Ok(e);
+        }
+        let linked_here = match self.subvol_root(e.child)? {
+            Some(r) => r.parent == dir && r.name == e.name,
+            None => false,
+        };
+        e.child = if linked_here {
+            global(e.child, ROOT_OBJECTID)
+        } else {
+            global(subvol_of(dir), EMPTY_DIR_OBJECTID)
+        };
+        Ok(e)
     }
 
     /// Adds entry `name` -> `child` to `dir`, with its index and the child's back-reference.
@@ -436,11 +590,19 @@ impl State {
         d.mtime = now;
         d.ctime = now;
         self.put_inode(dir, &d)?;
+        // A subvolume's root linked from another subvolume: the entry names the subvolume and
+        // its record says where it is linked (the root directory has no INODE_REF).
+        let subvol = subvol_of(child) != subvol_of(dir);
         let e = DirEntryItem {
-            child,
+            child: if subvol {
+                subvol_of(child)
+            } else {
+                local(child)
+            },
             kind,
             index,
             name: name.to_vec(),
+            subvol,
         };
         let key = Key::new(dir, ty::DIR_ITEM, name_hash(name));
         let mut es = match self.get(&key)? {
@@ -453,7 +615,11 @@ impl State {
             Key::new(dir, ty::DIR_INDEX, index),
             &items::encode_dir_index(&e),
         )?;
-        let rkey = Key::new(child, ty::INODE_REF, dir);
+        if subvol {
+            self.set_subvol_link(subvol_of(child), dir, name)?;
+            return Ok(index);
+        }
+        let rkey = Key::new(child, ty::INODE_REF, local(dir));
         let mut refs = match self.get(&rkey)? {
             Some(v) => items::decode_inode_refs(&rkey, &v)?,
             None => Vec::new(),
@@ -482,8 +648,11 @@ impl State {
             self.put(key, &items::encode_dir_items(&es))?;
         }
         self.del(&Key::new(dir, ty::DIR_INDEX, e.index))?;
-        let rkey = Key::new(e.child, ty::INODE_REF, dir);
-        if let Some(v) = self.get(&rkey)? {
+        let e = self.entry_global(dir, e)?;
+        let rkey = Key::new(e.child, ty::INODE_REF, local(dir));
+        if subvol_of(e.child) != subvol_of(dir) || local(e.child) == EMPTY_DIR_OBJECTID {
+            // A subvolume link has no INODE_REF; its record is the caller's to change.
+        } else if let Some(v) = self.get(&rkey)? {
             let mut refs = items::decode_inode_refs(&rkey, &v)?;
             refs.retain(|r| r.index != e.index);
             if refs.is_empty() {
@@ -503,24 +672,34 @@ impl State {
 
     /// The parent of directory `dir` (the root is its own parent).
     pub fn parent_of(&mut self, dir: u64) -> Result<u64> {
-        if dir == ROOT_OBJECTID {
-            return Ok(ROOT_OBJECTID);
+        let subvol = subvol_of(dir);
+        if local(dir) == ROOT_OBJECTID || local(dir) == EMPTY_DIR_OBJECTID {
+            // A subvolume's root: its parent is where the subvolume is linked.
+            return match self.subvol_root(subvol)? {
+                Some(r) if subvol != 0 => Ok(r.parent),
+                _ => Ok(global(subvol, ROOT_OBJECTID)),
+            };
         }
         let r = self.items_in(
-            TREE,
-            Key::new(dir, ty::INODE_REF, 0),
-            Key::new(dir, ty::INODE_REF, u64::MAX),
+            tree_of(dir),
+            Key::new(local(dir), ty::INODE_REF, 0),
+            Key::new(local(dir), ty::INODE_REF, u64::MAX),
             1,
         )?;
-        r.first().map(|(k, _)| k.offset).ok_or(Error::NotFound)
+        r.first()
+            .map(|(k, _)| global(subvol, k.offset))
+            .ok_or(Error::NotFound)
     }
 
     /// Whether directory `dir` has entries.
     pub fn dir_has_entries(&mut self, dir: u64) -> Result<bool> {
+        if local(dir) == EMPTY_DIR_OBJECTID {
+            return Ok(false);
+        }
         let r = self.items_in(
-            TREE,
-            Key::new(dir, ty::DIR_INDEX, 0),
-            Key::new(dir, ty::DIR_INDEX, u64::MAX),
+            tree_of(dir),
+            Key::new(local(dir), ty::DIR_INDEX, 0),
+            Key::new(local(dir), ty::DIR_INDEX, u64::MAX),
             1,
         )?;
         Ok(!r.is_empty())
@@ -531,14 +710,20 @@ impl State {
         if after == u64::MAX {
             return Ok(Vec::new());
         }
+        if local(dir) == EMPTY_DIR_OBJECTID {
+            return Ok(Vec::new());
+        }
         let r = self.items_in(
-            TREE,
-            Key::new(dir, ty::DIR_INDEX, after + 1),
-            Key::new(dir, ty::DIR_INDEX, u64::MAX),
+            tree_of(dir),
+            Key::new(local(dir), ty::DIR_INDEX, after + 1),
+            Key::new(local(dir), ty::DIR_INDEX, u64::MAX),
             max,
         )?;
-        r.iter()
-            .map(|(k, v)| items::decode_dir_index(k, v))
-            .collect()
+        let mut out = Vec::with_capacity(r.len());
+        for (k, v) in &r {
+            let e = items::decode_dir_index(k, v)?;
+            out.push(self.entry_global(dir, e)?);
+        }
+        Ok(out)
     }
 }

@@ -149,7 +149,7 @@ impl State {
         if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
             return Err(Error::Invalid("xattr flags"));
         }
-        self.writable()?;
+        self.writable(obj)?;
         self.xattr_permission(obj, ns, true, c)?;
         let exists = self.get_xattr(obj, name)?.is_some();
         let mut it = self.inode(obj)?;
@@ -215,7 +215,7 @@ impl State {
 
     pub(crate) fn removexattr(&mut self, obj: u64, name: &[u8], c: &Caller) -> Result<()> {
         let ns = namespace(name)?;
-        self.writable()?;
+        self.writable(obj)?;
         self.xattr_permission(obj, ns, true, c)?;
         if !self.put_xattr(obj, name, None)? {
             return Err(Error::NoData);

@@ -16,6 +16,9 @@ pub mod tree_id {
     pub const FREE_SPACE_TREE: u64 = 4;
     /// Data checksums (kept by the layer above).
     pub const CSUM_TREE: u64 = 5;
+    /// A tree the layer above owns for its own index (cowfs: its subvolumes). The store keeps it
+    /// like any tree and never reads its items.
+    pub const UPPER_INDEX_TREE: u64 = 7;
     /// The first subvolume tree; only trees from here up may be snapshotted.
     pub const FIRST_SUBVOL_TREE: u64 = 256;
 }

@@ -1,0 +1,169 @@
+//! Subvolumes through the library: create, nest, snapshot (O(1), writes on either side stay
+//! apart), read-only snapshots, EXDEV across subvolumes, delete with background release, and
+//! fsck clean after every step and after a remount.
+
+mod common;
+
+use common::*;
+use cowfs::{Filesystem, OpenFlags, ROOT_INO, RenameFlags};
+
+#[test]
+fn create_snapshot_write_both_sides_then_delete() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let base = fs.subvolume_create(ROOT_INO, b"base", 0o755, &c).unwrap();
+    assert_ne!(base.ino >> 48, 0, "a subvolume's inodes carry its number");
+    let f = put(&fs, base.ino, b"image.txt", &pattern(100_000, 1), &c);
+    let d = fs.mkdir(base.ino, b"etc", 0o755, &c).unwrap();
+    put(&fs, d.ino, b"passwd", b"root:x:0:0", &c);
+    assert_clean(&fs);
+
+    let snap = fs
+        .subvolume_snapshot(base.ino, ROOT_INO, b"snap", false, &c)
+        .unwrap();
+    assert_ne!(snap.ino >> 48, base.ino >> 48);
+    let sf = fs.lookup(snap.ino, b"image.txt", &c).unwrap();
+    assert_eq!(content(&fs, sf.ino), pattern(100_000, 1));
+    // Writes on either side never show on the other.
+    let h = fs.open(sf.ino, rw(), &c).unwrap();
+    fs.write(sf.ino, h, 10, b"snapshot side", &c).unwrap();
+    fs.release(sf.ino, h).unwrap();
+    let h = fs.open(f, rw(), &c).unwrap();
+    fs.write(f, h, 20, b"origin side", &c).unwrap();
+    fs.release(f, h).unwrap();
+    let mut want_snap = pattern(100_000, 1);
+    want_snap[10..23].copy_from_slice(b"snapshot side");
+    let mut want_base = pattern(100_000, 1);
+    want_base[20..31].copy_from_slice(b"origin side");
+    assert_eq!(content(&fs, sf.ino), want_snap);
+    assert_eq!(content(&fs, f), want_base);
+    assert_clean(&fs);
+
+    // Links and renames across subvolumes are EXDEV.
+    assert_eq!(errno(fs.link(f, snap.ino, b"x", &c)), libc::EXDEV);
+    assert_eq!(
+        errno(fs.rename(
+            base.ino,
+            b"etc",
+            snap.ino,
+            b"etc2",
+            RenameFlags::default(),
+            &c
+        )),
+        libc::EXDEV
+    );
+    // Renaming a subvolume inside its parent works.
+    fs.rename(
+        ROOT_INO,
+        b"snap",
+        ROOT_INO,
+        b"snap2",
+        RenameFlags::default(),
+        &c,
+    )
+    .unwrap();
+    let list = fs.subvolume_list().unwrap();
+    let paths: Vec<&str> = list.subvolumes.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["", "base", "snap2"]);
+    assert_eq!(list.subvolumes[2].snapshot_of, Some(base.ino >> 48));
+    assert_clean(&fs);
+
+    // Delete: the entry goes at once, space comes back once the background work is done.
+    fs.sync().unwrap();
+    let before = fs.statfs().unwrap().bfree;
+    fs.subvolume_delete(ROOT_INO, b"base", &c).unwrap();
+    assert_eq!(errno(fs.lookup(ROOT_INO, b"base", &c)), libc::ENOENT);
+    fs.finish_subvolume_deletions().unwrap();
+    assert_eq!(fs.subvolume_list().unwrap().deleting, 0);
+    assert!(fs.statfs().unwrap().bfree > before, "space returned");
+    assert_clean(&fs);
+    fs.unmount().unwrap();
+
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    let snap = fs.lookup(ROOT_INO, b"snap2", &c).unwrap();
+    let sf = fs.lookup(snap.ino, b"image.txt", &c).unwrap();
+    assert_eq!(content(&fs, sf.ino), want_snap);
+    assert_clean(&fs);
+}
+
+#[test]
+fn read_only_snapshots_refuse_changes() {
+    let (_dev, fs) = new_fs();
+    let c = root();
+    let base = fs.subvolume_create(ROOT_INO, b"base", 0o755, &c).unwrap();
+    let f = put(&fs, base.ino, b"f", b"data", &c);
+    let ro = fs
+        .subvolume_snapshot(base.ino, ROOT_INO, b"ro", true, &c)
+        .unwrap();
+    let rf = fs.lookup(ro.ino, b"f", &c).unwrap();
+    assert_eq!(content(&fs, rf.ino), b"data");
+    assert_eq!(errno(fs.open(rf.ino, rw(), &c)), libc::EROFS);
+    assert_eq!(errno(fs.mkdir(ro.ino, b"d", 0o755, &c)), libc::EROFS);
+    assert_eq!(errno(fs.unlink(ro.ino, b"f", &c)), libc::EROFS);
+    assert!(fs.subvolume_show(rf.ino).unwrap().read_only);
+    // The origin stays writable; clearing the flag makes the snapshot writable.
+    let h = fs.open(f, rw(), &c).unwrap();
+    fs.write(f, h, 0, b"DATA", &c).unwrap();
+    fs.release(f, h).unwrap();
+    fs.subvolume_set_read_only(ro.ino, false, &c).unwrap();
+    fs.mkdir(ro.ino, b"d", 0o755, &c).unwrap();
+    assert_eq!(content(&fs, rf.ino), b"data");
+    assert_clean(&fs);
+}
+
+#[test]
+fn nested_subvolumes_show_as_empty_directories_in_a_snapshot() {
+    let (_dev, fs) = new_fs();
+    let c = root();
+    let outer = fs.subvolume_create(ROOT_INO, b"outer", 0o755, &c).unwrap();
+    let inner = fs.subvolume_create(outer.ino, b"inner", 0o700, &c).unwrap();
+    put(&fs, inner.ino, b"secret", b"inner data", &c);
+    assert_eq!(
+        errno(fs.subvolume_delete(ROOT_INO, b"outer", &c)),
+        libc::ENOTEMPTY,
+        "a subvolume holding another one"
+    );
+    let snap = fs
+        .subvolume_snapshot(outer.ino, ROOT_INO, b"snap", false, &c)
+        .unwrap();
+    let stand_in = fs.lookup(snap.ino, b"inner", &c).unwrap();
+    assert_eq!(stand_in.kind, cowfs::FileKind::Dir);
+    assert_ne!(stand_in.ino, inner.ino);
+    assert_eq!(names(&fs, stand_in.ino), [&b"."[..], b".."]);
+    // Through the original parent the nested subvolume is the real one.
+    let real = fs.lookup(outer.ino, b"inner", &c).unwrap();
+    assert_eq!(real.ino, inner.ino);
+    assert_eq!(names(&fs, inner.ino), [&b"."[..], b"..", b"secret"]);
+    // Its ".." is the directory it is linked in.
+    assert_eq!(fs.lookup(inner.ino, b"..", &c).unwrap().ino, outer.ino);
+    // The stand-in goes with rmdir; the real one with subvolume delete.
+    fs.rmdir(snap.ino, b"inner", &c).unwrap();
+    fs.subvolume_delete(outer.ino, b"inner", &c).unwrap();
+    fs.subvolume_delete(ROOT_INO, b"outer", &c).unwrap();
+    fs.finish_subvolume_deletions().unwrap();
+    assert_clean(&fs);
+}
+
+#[test]
+fn deleting_needs_a_subvolume_and_no_open_files() {
+    let (_dev, fs) = new_fs();
+    let c = root();
+    fs.mkdir(ROOT_INO, b"plain", 0o755, &c).unwrap();
+    assert_eq!(
+        errno(fs.subvolume_delete(ROOT_INO, b"plain", &c)),
+        libc::EINVAL
+    );
+    let sv = fs.subvolume_create(ROOT_INO, b"sv", 0o777, &c).unwrap();
+    let f = put(&fs, sv.ino, b"f", b"x", &c);
+    let h = fs.open(f, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    assert_eq!(errno(fs.subvolume_delete(ROOT_INO, b"sv", &c)), libc::EBUSY);
+    fs.release(f, h).unwrap();
+    let other = user(1000, 1000, &[]);
+    assert_eq!(
+        errno(fs.subvolume_delete(ROOT_INO, b"sv", &other)),
+        libc::EACCES,
+        "no write permission on the parent"
+    );
+    fs.subvolume_delete(ROOT_INO, b"sv", &c).unwrap();
+    assert_clean(&fs);
+}
