@@ -168,6 +168,11 @@ fn deleting_needs_a_subvolume_and_no_open_files() {
     assert_clean(&fs);
 }
 
+/// Model file -> contents.
+type Files = std::collections::BTreeMap<u8, Vec<u8>>;
+/// Subvolume name -> (root ino, read-only, files).
+type Subvols = std::collections::BTreeMap<String, (u64, bool, Files)>;
+
 /// A small deterministic generator (xorshift), so a failure replays with its seed.
 struct Rng(u64);
 
@@ -202,9 +207,7 @@ fn random_round(seed: u64) {
     let mut rng = Rng(seed);
     fs.sync().unwrap();
     let free_at_start = fs.statfs().unwrap().bfree;
-    // name -> (root ino, read-only, files: name -> contents)
-    type Files = BTreeMap<u8, Vec<u8>>;
-    let mut subvols: BTreeMap<String, (u64, bool, Files)> = BTreeMap::new();
+    let mut subvols: Subvols = BTreeMap::new();
     let mut next = 0;
     // Operations done per kind: create, write, snapshot, reflink, delete.
     let mut done = [0usize; 5];
@@ -335,15 +338,7 @@ fn fname(f: u8) -> Vec<u8> {
     }
 }
 
-fn check_model(
-    fs: &Filesystem,
-    subvols: &std::collections::BTreeMap<
-        String,
-        (u64, bool, std::collections::BTreeMap<u8, Vec<u8>>),
-    >,
-    seed: u64,
-    step: usize,
-) {
+fn check_model(fs: &Filesystem, subvols: &Subvols, seed: u64, step: usize) {
     let c = root();
     for (name, (ino, _, files)) in subvols {
         for (f, want) in files {
