@@ -2,11 +2,13 @@
 //! library, and turns every error into one clear line and exit status 1 (argument errors
 //! included: clap's several-line messages are folded into one).
 
+mod control;
 mod image;
 mod mount;
 mod offline;
 mod progress;
 mod size;
+mod subvolume;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -62,6 +64,53 @@ enum Command {
         json: bool,
         /// Image file or block device.
         image: PathBuf,
+    },
+    /// Manage subvolumes of a mounted filesystem.
+    #[command(subcommand)]
+    Subvolume(SubvolumeCommand),
+}
+
+#[derive(Subcommand)]
+enum SubvolumeCommand {
+    /// Make a new, empty subvolume at PATH (a directory that is the root of its own tree).
+    Create {
+        /// Where the new subvolume goes; its parent directory must exist on a cowcrypt mount.
+        path: PathBuf,
+    },
+    /// Snapshot a subvolume: O(1), sharing every block with SOURCE until either side changes.
+    ///
+    /// Not recursive: subvolumes nested in SOURCE show as empty directories in the snapshot.
+    Snapshot {
+        /// Make the snapshot read-only (writes into it fail with EROFS).
+        #[arg(short = 'r', long = "read-only")]
+        read_only: bool,
+        /// The subvolume to snapshot (its top directory).
+        source: PathBuf,
+        /// The snapshot's path, or an existing directory to put it in under SOURCE's name.
+        dest: PathBuf,
+    },
+    /// Delete a subvolume: returns at once; its space is freed in the background (progress in
+    /// `subvolume list`), also after a remount or crash. Root, or the owner of its top
+    /// directory; subvolumes nested in it must be deleted first.
+    Delete {
+        /// The subvolume's top directory.
+        path: PathBuf,
+    },
+    /// List the subvolumes of a mounted filesystem, and the deletions still freeing space.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Any path in the mount (usually its top directory).
+        mount: PathBuf,
+    },
+    /// Show the subvolume that PATH belongs to.
+    Show {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Any path in the mount.
+        path: PathBuf,
     },
 }
 
@@ -134,6 +183,17 @@ fn run(cli: Cli) -> Result<()> {
         })?,
         Command::Fsck { image } => offline::fsck(&image)?,
         Command::Inspect { json, image } => offline::inspect(&image, json)?,
+        Command::Subvolume(c) => match c {
+            SubvolumeCommand::Create { path } => subvolume::create(&path)?,
+            SubvolumeCommand::Snapshot {
+                read_only,
+                source,
+                dest,
+            } => subvolume::snapshot(&source, &dest, read_only)?,
+            SubvolumeCommand::Delete { path } => subvolume::delete(&path)?,
+            SubvolumeCommand::List { json, mount } => subvolume::list(&mount, json)?,
+            SubvolumeCommand::Show { json, path } => subvolume::show(&path, json)?,
+        },
     }
     Ok(())
 }

@@ -51,6 +51,9 @@ pub enum Error {
     /// Encrypted data and no key to read it with (encryption arrives in a later issue).
     #[error("required key not available")]
     NoKey,
+    /// A control frame of another protocol version.
+    #[error("control protocol version {0} not spoken here")]
+    Protocol(u32),
     /// An earlier operation failed part way; no change is accepted until a remount.
     #[error("filesystem stopped after an error ({0}); remount to recover")]
     Stopped(String),
@@ -89,6 +92,7 @@ impl Error {
             Error::NotSupported => libc::EOPNOTSUPP,
             Error::Loop => libc::ELOOP,
             Error::NoKey => libc::ENOKEY,
+            Error::Protocol(_) => libc::EPROTO,
             Error::Corrupt { .. } | Error::Stopped(_) => libc::EIO,
             Error::Store(store::Error::NoSpace { .. }) => libc::ENOSPC,
             Error::Store(store::Error::ItemTooLarge { .. }) => libc::E2BIG,

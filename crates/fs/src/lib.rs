@@ -30,6 +30,7 @@
 
 pub mod acl;
 mod check;
+pub mod control;
 mod data;
 mod error;
 mod file;

@@ -4,7 +4,7 @@
 //! resuming after a remount or crash), list and show. The index tree records where each
 //! subvolume is linked, whether it is read-only and what it is a snapshot of.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use store::Key;
 
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use crate::state::{MAX_SUBVOL, State, check_name, global, local, subvol_of, subv
 use crate::types::{Attr, Caller, FileKind, Ino, Timespec};
 
 /// One subvolume as `subvolume list` and `show` report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubvolumeEntry {
     /// Its number (the top 16 bits of its inode numbers).
     pub id: u64,

@@ -21,6 +21,8 @@ use fuser::{
     SessionACL, TimeOrNow, WriteFlags,
 };
 
+use cowfs::control;
+
 use crate::caller::caller;
 use crate::options::{MountOptions, PassFlag};
 
@@ -289,6 +291,28 @@ impl Adapter {
             && let Err(e) = n.inval_inode(ino, -1, 0)
         {
             tracing::debug!("invalidating attributes of {}: {e}", ino.0);
+        }
+    }
+
+    /// Drops the kernel's dentry of `name` in `parent` and the parent's attributes (its link
+    /// count changed), for a change made through the control channel. Sent from its own thread:
+    /// from inside a callback it can deadlock with one worker.
+    fn entry_removed(&self, parent: INodeNo, name: Vec<u8>) {
+        let Some(n) = self.notifier.get().cloned() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("cowcrypt-inval".into())
+            .spawn(move || {
+                if let Err(e) = n.inval_entry(parent, OsStr::from_bytes(&name)) {
+                    tracing::debug!("invalidating an entry of {}: {e}", parent.0);
+                }
+                if let Err(e) = n.inval_inode(parent, -1, 0) {
+                    tracing::debug!("invalidating attributes of {}: {e}", parent.0);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no thread to invalidate a deleted subvolume's entry: {e}");
         }
     }
 
@@ -797,18 +821,48 @@ impl fuser::Filesystem for Adapter {
 
     fn ioctl(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
         reply: ReplyIoctl,
     ) {
-        // No ioctl is ours yet: ENOTTY is what callers probing a file (Python's open() sends
-        // TCGETS) take as "not a terminal, not supported".
-        reply.error(Errno::ENOTTY);
+        // Only the control channel is ours. Anything else gets ENOTTY, what callers probing a
+        // file (Python's open() sends TCGETS) take as "not a terminal, not supported".
+        if cmd != control::IOCTL_CMD {
+            reply.error(Errno::ENOTTY);
+            return;
+        }
+        if (out_size as usize) < control::FRAME_SIZE {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let request = match control::Request::decode(in_data) {
+            Ok(r) => r,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // A deleted subvolume's entry vanished behind the kernel's back: its cached dentry
+        // would keep answering lookups for up to TTL.
+        let gone = match &request {
+            control::Request::SubvolumeDelete { name } => Some(name.clone()),
+            _ => None,
+        };
+        let answer = self
+            .fs
+            .control(ino.0, request, &Self::who(req))
+            .and_then(|r| r.encode());
+        match answer {
+            Ok(frame) => {
+                reply.ioctl(0, &frame);
+                if let Some(name) = gone {
+                    self.entry_removed(ino, name);
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn fallocate(
