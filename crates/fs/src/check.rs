@@ -66,6 +66,14 @@ impl std::fmt::Display for FsckReport {
     }
 }
 
+/// The data verification pass across subvolumes: each shared extent is read once.
+struct DataPass<'a> {
+    seen: BTreeSet<u64>,
+    done: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
 #[derive(Default)]
 struct Scan {
     info: Option<SubvolInfo>,
@@ -83,7 +91,7 @@ struct Scan {
 }
 
 impl State {
-    pub(crate) fn check(&mut self) -> Result<FsckReport> {
+    pub(crate) fn check(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<FsckReport> {
         // Check what is on disk: commit first so the store's view and ours agree.
         if !self.opts.read_only && self.failed.is_none() {
             self.commit()?;
@@ -96,6 +104,14 @@ impl State {
             }
             Err(e) => r.faults.push(format!("store: {e}")),
         }
+        // Progress counts data bytes verified against the data space in use.
+        let st = self.txn()?.stats();
+        let mut data = DataPass {
+            seen: BTreeSet::new(),
+            done: 0,
+            total: st.data.total.saturating_sub(st.data.free),
+            progress,
+        };
         for subvol in self.subvol_ids()? {
             let mut s = Scan::default();
             let all = self.items_in(subvol_tree(subvol), Key::MIN, Key::MAX, usize::MAX)?;
@@ -105,7 +121,7 @@ impl State {
                     r.faults.push(e.to_string());
                 }
             }
-            self.check_scan(&s, &mut r)?;
+            self.check_scan(&s, &mut r, &mut data)?;
             if subvol != 0 {
                 for f in &mut r.faults[first_fault..] {
                     *f = format!("subvolume {subvol}: {f}");
@@ -113,6 +129,7 @@ impl State {
             }
         }
         self.check_subvolume_links(&mut r)?;
+        (data.progress)(data.total, data.total);
         Ok(r)
     }
 
@@ -147,7 +164,7 @@ impl State {
         Ok(())
     }
 
-    fn check_scan(&mut self, s: &Scan, r: &mut FsckReport) -> Result<()> {
+    fn check_scan(&mut self, s: &Scan, r: &mut FsckReport, data: &mut DataPass<'_>) -> Result<()> {
         let f = &mut r.faults;
         match s.info {
             None => f.push("no subvolume info item".into()),
@@ -331,7 +348,6 @@ impl State {
         r.orphans += s.orphans.len() as u64;
         r.extents += s.extents.values().map(|v| v.len() as u64).sum::<u64>();
         // Extent items against the extent tree and the checksum tree.
-        let mut seen = BTreeSet::new();
         for (obj, ex) in &s.extents {
             for (at, fe) in ex {
                 let t = self.txn()?;
@@ -345,7 +361,7 @@ impl State {
                         .faults
                         .push(format!("inode {obj} at {at}: no extent at {}", fe.bytenr)),
                 }
-                if fe.kind == ExtentKind::Regular && seen.insert(fe.bytenr) {
+                if fe.kind == ExtentKind::Regular && data.seen.insert(fe.bytenr) {
                     let sectors = fe.extent_len / BLOCK;
                     let mut have = 0;
                     for (k, v) in self.items_in(
@@ -382,6 +398,8 @@ impl State {
                                 ));
                             }
                             at += n;
+                            data.done = data.done.saturating_add(n);
+                            (data.progress)(data.done.min(data.total), data.total);
                         }
                     }
                 }
