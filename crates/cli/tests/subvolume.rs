@@ -191,3 +191,255 @@ fn a_path_off_any_mount_is_a_one_line_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not on a cowcrypt mount"), "{err}");
 }
+
+fn run_ok(args: &[&str], paths: &[&Path]) -> Output {
+    let mut cmd = cowcrypt();
+    cmd.args(args);
+    for p in paths {
+        cmd.arg(p);
+    }
+    ok(cmd.output().unwrap(), &args.join(" "))
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+fn list_json(mount: &Path) -> serde_json::Value {
+    let out = run_ok(&["subvolume", "list", "--json"], &[mount]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn fsck_clean(image: &Path) {
+    let out = ok(cowcrypt().arg("fsck").arg(image).output().unwrap(), "fsck");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("clean"), "{text}");
+}
+
+fn unmount(m: Mounted) {
+    ok(
+        Command::new("umount").arg(&m.dir).output().unwrap(),
+        "umount",
+    );
+    drop(m); // waits for the daemon to let go of the image
+}
+
+#[test]
+fn subvolume_commands_snapshots_and_read_only() {
+    if !can_mount() {
+        return;
+    }
+    let s = scratch("256M");
+    let m = mount(&s);
+    let d = &s.dir;
+    let (a, ro, rw) = (d.join("a"), d.join("ro"), d.join("rw"));
+    run_ok(&["subvolume", "create"], &[&a]);
+    fs::write(a.join("f"), b"origin").unwrap();
+    fs::create_dir(a.join("dir")).unwrap();
+    fs::write(a.join("dir/g"), b"deep").unwrap();
+    run_ok(&["subvolume", "create"], &[&a.join("nested")]);
+    fs::write(a.join("nested/n"), b"nested").unwrap();
+
+    run_ok(&["subvolume", "snapshot", "-r"], &[&a, &ro]);
+    run_ok(&["subvolume", "snapshot"], &[&a, &rw]);
+    // An existing directory as DEST: the snapshot goes in under the source's name.
+    fs::create_dir(d.join("into")).unwrap();
+    run_ok(&["subvolume", "snapshot"], &[&a, &d.join("into")]);
+    assert_eq!(fs::read(d.join("into/a/f")).unwrap(), b"origin");
+
+    // Snapshots hold the origin's files; a nested subvolume shows as an empty directory.
+    for snap in [&ro, &rw] {
+        assert_eq!(fs::read(snap.join("f")).unwrap(), b"origin");
+        assert_eq!(fs::read(snap.join("dir/g")).unwrap(), b"deep");
+        assert!(snap.join("nested").is_dir());
+        assert_eq!(fs::read_dir(snap.join("nested")).unwrap().count(), 0);
+    }
+    // Each subvolume is its own device-less inode space: distinct inode numbers for the roots.
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    assert_ne!(ino(&a), ino(&ro));
+    assert_ne!(ino(&a.join("f")), ino(&ro.join("f")));
+
+    // Writes to origin and writable snapshot are independent.
+    fs::write(a.join("f"), b"origin changed").unwrap();
+    fs::write(rw.join("f"), b"snapshot changed").unwrap();
+    fs::write(rw.join("new"), b"only here").unwrap();
+    assert_eq!(fs::read(a.join("f")).unwrap(), b"origin changed");
+    assert_eq!(fs::read(rw.join("f")).unwrap(), b"snapshot changed");
+    assert_eq!(fs::read(ro.join("f")).unwrap(), b"origin");
+    assert!(!a.join("new").exists());
+
+    // The read-only snapshot refuses every change with EROFS.
+    let erofs = libc::EROFS;
+    assert_eq!(errno_of(fs::write(ro.join("x"), b"")), erofs);
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().write(true).open(ro.join("f"))),
+        erofs
+    );
+    assert_eq!(errno_of(fs::create_dir(ro.join("d"))), erofs);
+    assert_eq!(errno_of(fs::remove_file(ro.join("f"))), erofs);
+    assert_eq!(errno_of(fs::rename(ro.join("f"), ro.join("f2"))), erofs);
+    assert_eq!(
+        errno_of(std::os::unix::fs::symlink("t", ro.join("l"))),
+        erofs
+    );
+    assert_eq!(fs::read(ro.join("f")).unwrap(), b"origin");
+
+    // Renames and links across subvolumes are EXDEV.
+    assert_eq!(errno_of(fs::rename(a.join("f"), d.join("f"))), libc::EXDEV);
+    assert_eq!(
+        errno_of(fs::hard_link(a.join("f"), rw.join("hl"))),
+        libc::EXDEV
+    );
+
+    // list and show.
+    let v = list_json(d);
+    let subs = v["subvolumes"].as_array().unwrap();
+    let by_path = |p: &str| {
+        subs.iter()
+            .find(|s| s["path"] == p)
+            .unwrap_or_else(|| panic!("{p} not in {v}"))
+    };
+    assert_eq!(subs.len(), 6, "{v}");
+    let a_id = by_path("a")["id"].as_u64().unwrap();
+    assert_eq!(by_path("ro")["read_only"], true);
+    assert_eq!(by_path("ro")["snapshot_of"], a_id);
+    assert_eq!(by_path("rw")["read_only"], false);
+    assert_eq!(by_path("into/a")["snapshot_of"], a_id);
+    assert_eq!(by_path("a/nested")["snapshot_of"], serde_json::Value::Null);
+    let out = run_ok(&["subvolume", "show", "--json"], &[&ro.join("dir/g")]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["path"], "ro");
+    assert_eq!(shown["read_only"], true);
+    let out = run_ok(&["subvolume", "show"], &[&a]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Path:         a"));
+
+    // Deleting: nested first (ENOTEMPTY), a plain directory is not a subvolume, then the rest.
+    let out = cowcrypt()
+        .args(["subvolume", "delete"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not empty"), "{err}");
+    let out = cowcrypt()
+        .args(["subvolume", "delete"])
+        .arg(a.join("dir"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    run_ok(&["subvolume", "delete"], &[&a.join("nested")]);
+    run_ok(&["subvolume", "delete"], &[&a]);
+    run_ok(&["subvolume", "delete"], &[&ro]);
+    // Gone at once, for the kernel's cache too.
+    assert!(!a.exists());
+    assert!(!ro.exists());
+    assert_eq!(fs::read(rw.join("f")).unwrap(), b"snapshot changed");
+    assert_eq!(fs::read(rw.join("dir/g")).unwrap(), b"deep");
+    let v = list_json(d);
+    assert_eq!(v["subvolumes"].as_array().unwrap().len(), 3, "{v}");
+
+    unmount(m);
+    fsck_clean(&s.image);
+}
+
+/// Free bytes of the filesystem holding `p`.
+fn free_bytes(p: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(p).unwrap();
+    st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+fn wait_deleted(mount: &Path) {
+    let start = Instant::now();
+    loop {
+        let v = list_json(mount);
+        if v["deleting"] == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "deletion not finished: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn deleting_on_disk(image: &Path) -> u64 {
+    let out = ok(
+        cowcrypt()
+            .args(["inspect", "--json"])
+            .arg(image)
+            .output()
+            .unwrap(),
+        "inspect",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["deleting"].as_u64().unwrap()
+}
+
+#[test]
+fn delete_frees_space_in_the_background_and_resumes_after_remount() {
+    if !can_mount() {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    let s = scratch("256M");
+    let mut m = mount(&s);
+    let d = s.dir.clone();
+    let before = free_bytes(&d);
+
+    // A deletion that runs while mounted.
+    let a = d.join("a");
+    run_ok(&["subvolume", "create"], &[&a]);
+    for i in 0..8 {
+        fs::write(a.join(format!("f{i}")), vec![i as u8 + 1; 4 << 20]).unwrap();
+    }
+    run_ok(&["subvolume", "snapshot"], &[&a, &d.join("snap")]);
+    ok(Command::new("sync").output().unwrap(), "sync");
+    let full = free_bytes(&d);
+    assert!(before - full >= 30 * MIB, "{before} {full}");
+    // The snapshot shares every block: deleting the origin frees nothing yet.
+    run_ok(&["subvolume", "delete"], &[&a]);
+    wait_deleted(&d);
+    assert!(free_bytes(&d) < full + 2 * MIB);
+    assert_eq!(fs::read(d.join("snap/f3")).unwrap(), vec![4u8; 4 << 20]);
+    // Deleting the last holder frees the data.
+    run_ok(&["subvolume", "delete"], &[&d.join("snap")]);
+    wait_deleted(&d);
+    let after = free_bytes(&d);
+    assert!(after + 2 * MIB >= before, "{before} {after}");
+
+    // A deletion cut short by an unmount resumes after the next mount. The background step
+    // runs on a timer, so the unmount may come after it finished: try until one is caught.
+    let mut caught = false;
+    for round in 0..4 {
+        let b = d.join(format!("b{round}"));
+        run_ok(&["subvolume", "create"], &[&b]);
+        for i in 0..4 {
+            fs::write(b.join(format!("f{i}")), vec![7u8; 4 << 20]).unwrap();
+        }
+        ok(Command::new("sync").output().unwrap(), "sync");
+        let base = free_bytes(&d);
+        run_ok(&["subvolume", "delete"], &[&b]);
+        unmount(m);
+        let pending = deleting_on_disk(&s.image);
+        fsck_clean(&s.image);
+        m = mount(&s);
+        wait_deleted(&d);
+        assert!(free_bytes(&d) >= base + 14 * MIB);
+        if pending > 0 {
+            caught = true;
+            break;
+        }
+    }
+    assert!(
+        caught,
+        "no unmount came before the background deletion finished"
+    );
+    unmount(m);
+    fsck_clean(&s.image);
+}

@@ -487,8 +487,13 @@ impl Filesystem {
 
     /// Deletes the subvolume linked as `name` in `parent`. Returns at once; its space is freed
     /// in the background (see [`SubvolumeList::deleting`]), also after a remount or crash.
+    /// The deletion is committed before returning, so it is durable and `subvolume_list`
+    /// counts it from then on (its progress is read from the last commit).
     pub fn subvolume_delete(&self, parent: Ino, name: &[u8], c: &Caller) -> Result<()> {
-        self.op(|s| s.subvolume_delete(objectid(parent)?, name, c))
+        self.op(|s| {
+            s.subvolume_delete(objectid(parent)?, name, c)?;
+            s.commit()
+        })
     }
 
     /// Every subvolume, with the deletions still releasing space.

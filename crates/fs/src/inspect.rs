@@ -15,6 +15,10 @@ use crate::types::{FileKind, Timespec};
 pub struct Inspection {
     pub generation: u64,
     pub subvolumes: Vec<SubvolumeInfo>,
+    /// Deleted subvolumes whose space is not all released yet (committed state).
+    pub deleting: usize,
+    /// Estimate of the bytes those still hold.
+    pub deleting_bytes: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -74,9 +78,12 @@ impl State {
         for id in self.subvol_ids()? {
             subvolumes.push(self.inspect_subvolume(id)?);
         }
+        let pending = self.store().pending_deletion()?;
         Ok(Inspection {
             generation,
             subvolumes,
+            deleting: pending.trees,
+            deleting_bytes: pending.bytes_estimate,
         })
     }
 
@@ -169,6 +176,13 @@ impl State {
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "generation {}", self.generation)?;
+        if self.deleting > 0 {
+            writeln!(
+                f,
+                "deleted subvolumes still releasing space: {} (about {} bytes)",
+                self.deleting, self.deleting_bytes
+            )?;
+        }
         for sv in &self.subvolumes {
             writeln!(
                 f,
