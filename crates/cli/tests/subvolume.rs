@@ -443,3 +443,27 @@ fn delete_frees_space_in_the_background_and_resumes_after_remount() {
     unmount(m);
     fsck_clean(&s.image);
 }
+
+#[test]
+fn a_list_larger_than_one_frame_comes_in_pages() {
+    if !can_mount() {
+        return;
+    }
+    let s = scratch("128M");
+    let m = mount(&s);
+    // About 450 bytes of JSON each: 80 of them need three 16 KiB frames.
+    let mut want = vec![String::new()];
+    for i in 0..80 {
+        let name = format!("{i:03}{}", "n".repeat(250));
+        run_ok(&["subvolume", "create"], &[&s.dir.join(&name)]);
+        want.push(name);
+    }
+    let v = list_json(&s.dir);
+    let subs = v["subvolumes"].as_array().unwrap();
+    let paths: Vec<&str> = subs.iter().map(|s| s["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, want);
+    let ids: Vec<u64> = subs.iter().map(|s| s["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    unmount(m);
+    fsck_clean(&s.image);
+}

@@ -226,6 +226,11 @@ impl State {
         let it = self.inode(source)?;
         // Reading the source is what a snapshot needs (btrfs asks the same of the caller).
         self.permit(source, &it, c, crate::perm::MAY_READ)?;
+        // And, as btrfs, owning it: the source is named by inode number, not reached by a
+        // path, so this is also what keeps a subvolume behind a closed directory out of reach.
+        if c.uid != 0 && c.uid != it.uid {
+            return Err(Error::Perm);
+        }
         self.new_link_ok(parent, name, c)?;
         // Buffered data of the source's files goes into its tree first.
         self.flush_all_data()?;
