@@ -204,7 +204,7 @@ pub fn list(mount: &Path, json: bool) -> Result<()> {
     }
     if deleting > 0 {
         println!(
-            "Deleting: {deleting} subvolume(s), about {} still to free",
+            "Deleting: {deleting} subvolume(s) still freeing space (about {} of tree blocks left)",
             human(deleting_bytes)
         );
     }

@@ -41,7 +41,8 @@ pub struct SubvolumeList {
     pub subvolumes: Vec<SubvolumeEntry>,
     /// Deleted subvolumes whose blocks are not all released yet (last commit).
     pub deleting: usize,
-    /// Estimate of the bytes those will free.
+    /// Estimate of the tree blocks (bytes) those still hold: metadata only; the file data
+    /// they alone reference is freed with them but not counted here.
     pub deleting_bytes: u64,
 }
 
