@@ -82,10 +82,10 @@ fn open_read_only(image: &Path) -> Result<(cowfs::Filesystem, image::Lock)> {
 
 /// Checks `image`; every fault found is listed, and any fault makes the command fail.
 pub fn fsck(image: &Path) -> Result<()> {
-    let progress = Progress::start(&format!("checking {}", image.display()));
     let (fs, _lock) = open_read_only(image)?;
+    let progress = Progress::bytes(&format!("checking {}", image.display()), 0);
     let report = fs
-        .check()
+        .check_with_progress(&mut |done, total| progress.set(done, total))
         .with_context(|| format!("checking {}", image.display()))?;
     progress.finish();
     print_out(&report.to_string())?;

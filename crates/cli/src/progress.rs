@@ -1,6 +1,6 @@
-//! Progress shown while a long operation runs (mkfs of a big image, fsck, inspect): a spinner
-//! with the elapsed time on stderr, only when stderr is a terminal, so scripts and logs never
-//! see control characters.
+//! Progress shown while a long operation runs: a spinner with the elapsed time (mkfs of a big
+//! image, inspect) or a bar of bytes (fsck reading data back), on stderr and only when stderr
+//! is a terminal, so scripts and logs never see control characters.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -25,6 +25,30 @@ impl Progress {
         bar.set_message(what.to_owned());
         bar.enable_steady_tick(Duration::from_millis(120));
         Progress { bar: Some(bar) }
+    }
+
+    /// Starts a bar of `total` bytes saying `what` (nothing when stderr is not a terminal).
+    pub fn bytes(what: &str, total: u64) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({elapsed}, {eta} left)",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress { bar: Some(bar) }
+    }
+
+    /// Moves a bar to `done` of `total`.
+    pub fn set(&self, done: u64, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
     }
 
     /// Removes the indicator from the terminal.

@@ -75,7 +75,7 @@ impl State {
 
     /// Reads `len` bytes at `offset` inside the extent at `bytenr`, verified against the
     /// checksum tree. Offset and length are whole blocks.
-    fn read_extent(&mut self, bytenr: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+    pub(crate) fn read_extent(&mut self, bytenr: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
         let mut expected = Vec::with_capacity((len / BLOCK) as usize);
         let end = offset + len;
         let mut group = offset / CSUM_SPAN * CSUM_SPAN;

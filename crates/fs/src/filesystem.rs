@@ -538,7 +538,13 @@ impl Filesystem {
 
     /// The store's check and the filesystem's own; every fault found is listed.
     pub fn check(&self) -> Result<FsckReport> {
-        self.op(|s| s.check())
+        self.op(|s| s.check(&mut |_, _| {}))
+    }
+
+    /// [`Filesystem::check`], calling `progress(bytes verified, bytes to verify)` as file data
+    /// is read back against its checksums (the long part on a big filesystem).
+    pub fn check_with_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<FsckReport> {
+        self.op(|s| s.check(progress))
     }
 
     /// Everything on disk, for humans (Display) and programs (serde).

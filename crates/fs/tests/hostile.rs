@@ -138,3 +138,43 @@ fn damaged_items_give_errors_not_panics() {
     // Most damage is found by check; some images must open, or the walk tested nothing.
     assert!(opened > cases / 4, "only {opened} opened");
 }
+
+/// A flipped bit in file data (the tree nodes stay valid) is found by check() as a checksum
+/// fault naming the inode, and a read of that block is an error, not the damaged bytes.
+#[test]
+fn damaged_file_data_is_a_check_fault_and_a_read_error() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let f = put(&fs, ROOT_INO, b"f", &pattern(3 * 4096, 9), &c);
+    fs.sync().unwrap();
+    assert_clean(&fs);
+    let ins = fs.inspect().unwrap();
+    let ext = &ins.subvolumes[0]
+        .inodes
+        .iter()
+        .find(|i| i.ino == f)
+        .unwrap()
+        .extents[0];
+    let physical = ext.physical.expect("mapped extent");
+    fs.unmount().unwrap();
+    // Flip one bit in the second block of the file's data.
+    let at = physical + 4096 + 17;
+    let mut b = [0u8; 1];
+    dev.read_at(&mut b, at).unwrap();
+    b[0] ^= 0x10;
+    dev.write_at(&b, at).unwrap();
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    let r = fs.check().unwrap();
+    assert!(!r.is_clean(), "damaged data passed fsck: {r}");
+    assert!(
+        r.faults.iter().any(|x| x.contains(&format!("inode {f}"))),
+        "{r}"
+    );
+    let h = fs.open(f, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    assert_eq!(
+        fs.read(f, h, 0, 4096).unwrap(),
+        pattern(3 * 4096, 9)[..4096]
+    );
+    assert_eq!(errno(fs.read(f, h, 4096, 4096)), libc::EIO);
+    fs.release(f, h).unwrap();
+}

@@ -202,3 +202,189 @@ fn users_snapshot_and_delete_only_their_own_subvolumes() {
     fs.finish_subvolume_deletions().unwrap();
     assert_clean(&fs);
 }
+
+/// Model file -> contents.
+type Files = std::collections::BTreeMap<u8, Vec<u8>>;
+/// Subvolume name -> (root ino, read-only, files).
+type Subvols = std::collections::BTreeMap<String, (u64, bool, Files)>;
+
+/// A small deterministic generator (xorshift), so a failure replays with its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Interleaved writes to origins and snapshots, snapshots of snapshots, reflinks across
+/// subvolumes, deletions in random order: every file always reads as the model says, fsck is
+/// clean along the way, and once everything is deleted the data space is exactly what it was.
+#[test]
+fn random_snapshots_writes_reflinks_and_deletes_match_a_model() {
+    for seed in [0x5eed_u64, 0xc0ffee, 0xbadcafe] {
+        random_round(seed);
+    }
+}
+
+fn random_round(seed: u64) {
+    use std::collections::BTreeMap;
+    let dev = new_dev(64 * MIB);
+    Filesystem::mkfs(dev.clone(), &cowfs::MkfsOptions::default()).unwrap();
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    let c = root();
+    let mut rng = Rng(seed);
+    fs.sync().unwrap();
+    let free_at_start = fs.statfs().unwrap().bfree;
+    let mut subvols: Subvols = BTreeMap::new();
+    let mut next = 0;
+    // Operations done per kind: create, write, snapshot, reflink, delete.
+    let mut done = [0usize; 5];
+    for step in 0..120 {
+        let op = rng.below(10);
+        let names: Vec<String> = subvols.keys().cloned().collect();
+        if subvols.is_empty() || op == 0 {
+            let name = format!("sv{next}");
+            next += 1;
+            let a = fs
+                .subvolume_create(ROOT_INO, name.as_bytes(), 0o755, &c)
+                .unwrap();
+            subvols.insert(name, (a.ino, false, Files::new()));
+            done[0] += 1;
+        } else if op <= 5 {
+            // Write into a file of a writable subvolume.
+            let w: Vec<&String> = names.iter().filter(|n| !subvols[*n].1).collect();
+            let Some(name) = w.get(rng.below(w.len().max(1) as u64) as usize) else {
+                continue;
+            };
+            let (dir, _, files) = subvols.get_mut(*name).unwrap();
+            let f = rng.below(4) as u8;
+            let at = rng.below(40_000) as usize;
+            let len = 1 + rng.below(30_000) as usize;
+            let data = pattern(len, step as u8);
+            let a = match fs.lookup(*dir, &fname(f), &c) {
+                Ok(a) => a,
+                Err(_) => {
+                    let (a, h) = fs.create(*dir, &fname(f), 0o644, rw(), &c).unwrap();
+                    fs.release(a.ino, h).unwrap();
+                    a
+                }
+            };
+            let h = fs.open(a.ino, rw(), &c).unwrap();
+            fs.write(a.ino, h, at as u64, &data, &c).unwrap();
+            fs.release(a.ino, h).unwrap();
+            let v = files.entry(f).or_default();
+            if v.len() < at + len {
+                v.resize(at + len, 0);
+            }
+            v[at..at + len].copy_from_slice(&data);
+            done[1] += 1;
+        } else if op <= 7 {
+            // Snapshot, sometimes read-only.
+            let src = &names[rng.below(names.len() as u64) as usize];
+            let ro = rng.below(3) == 0;
+            let name = format!("sv{next}");
+            next += 1;
+            let a = fs
+                .subvolume_snapshot(subvols[src].0, ROOT_INO, name.as_bytes(), ro, &c)
+                .unwrap();
+            let files = subvols[src].2.clone();
+            subvols.insert(name, (a.ino, ro, files));
+            done[2] += 1;
+        } else if op == 8 {
+            // Reflink a block-aligned range between files of two subvolumes.
+            let from = &names[rng.below(names.len() as u64) as usize];
+            let w: Vec<&String> = names.iter().filter(|n| !subvols[*n].1).collect();
+            let Some(to) = w.get(rng.below(w.len().max(1) as u64) as usize) else {
+                continue;
+            };
+            let Some((&sf, sdata)) = subvols[from].2.iter().next() else {
+                continue;
+            };
+            let sdata = sdata.clone();
+            let off_in = rng.below(4) * 4096;
+            if off_in >= sdata.len() as u64 {
+                continue;
+            }
+            let len = (1 + rng.below(5)) * 4096;
+            let off_out = rng.below(4) * 4096;
+            let src = fs.lookup(subvols[from].0, &fname(sf), &c).unwrap();
+            let (dst, dh) = match fs.lookup(subvols[*to].0, b"copy", &c) {
+                Ok(a) => (a.clone(), fs.open(a.ino, rw(), &c).unwrap()),
+                Err(_) => fs.create(subvols[*to].0, b"copy", 0o644, rw(), &c).unwrap(),
+            };
+            let sh = fs.open(src.ino, OpenFlags(libc::O_RDONLY), &c).unwrap();
+            let n = fs
+                .copy_file_range(src.ino, sh, off_in, dst.ino, dh, off_out, len, &c)
+                .unwrap();
+            fs.release(src.ino, sh).unwrap();
+            fs.release(dst.ino, dh).unwrap();
+            let piece = &sdata[off_in as usize..(off_in + n) as usize];
+            let v = subvols.get_mut(*to).unwrap().2.entry(b'y').or_default();
+            let end = off_out as usize + piece.len();
+            if v.len() < end {
+                v.resize(end, 0);
+            }
+            v[off_out as usize..end].copy_from_slice(piece);
+            done[3] += 1;
+        } else {
+            let name = &names[rng.below(names.len() as u64) as usize];
+            fs.subvolume_delete(ROOT_INO, name.as_bytes(), &c).unwrap();
+            subvols.remove(name);
+            done[4] += 1;
+        }
+        if step % 10 == 9 {
+            check_model(&fs, &subvols, seed, step);
+        }
+    }
+    check_model(&fs, &subvols, seed, 120);
+    eprintln!("seed {seed:#x}: create, write, snapshot, reflink, delete: {done:?}");
+    assert!(
+        done.iter().all(|&n| n > 0),
+        "seed {seed:#x}: every kind ran: {done:?}"
+    );
+    // Delete the rest in random order.
+    let mut rest: Vec<String> = subvols.keys().cloned().collect();
+    while !rest.is_empty() {
+        let name = rest.remove(rng.below(rest.len() as u64) as usize);
+        fs.subvolume_delete(ROOT_INO, name.as_bytes(), &c).unwrap();
+    }
+    fs.finish_subvolume_deletions().unwrap();
+    assert_clean(&fs);
+    assert_eq!(
+        fs.statfs().unwrap().bfree,
+        free_at_start,
+        "seed {seed:#x}: data space after deleting everything"
+    );
+}
+
+/// The name of model file `f`: "f0".."f3", or "copy" for the reflink target.
+fn fname(f: u8) -> Vec<u8> {
+    if f == b'y' {
+        b"copy".to_vec()
+    } else {
+        vec![b'f', b'0' + f]
+    }
+}
+
+fn check_model(fs: &Filesystem, subvols: &Subvols, seed: u64, step: usize) {
+    let c = root();
+    for (name, (ino, _, files)) in subvols {
+        for (f, want) in files {
+            let fname = fname(*f);
+            let a = fs.lookup(*ino, &fname, &c).unwrap();
+            assert!(
+                content(fs, a.ino) == *want,
+                "seed {seed:#x} step {step}: {name}/{} differs",
+                String::from_utf8_lossy(&fname)
+            );
+        }
+    }
+    assert_clean(fs);
+}
