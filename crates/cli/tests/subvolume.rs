@@ -467,3 +467,90 @@ fn a_list_larger_than_one_frame_comes_in_pages() {
     unmount(m);
     fsck_clean(&s.image);
 }
+
+/// Whether `setpriv` is here; under CI=true it must be.
+fn have_setpriv() -> bool {
+    let found = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true: needs setpriv");
+        }
+        let _ = writeln!(std::io::stderr(), "skipping: needs setpriv");
+    }
+    found
+}
+
+/// `cowcrypt ARGS` as uid/gid 65534; (success, stdout and stderr).
+fn cowcrypt_as_nobody(args: &[&str], path: &Path, more: &[&Path]) -> (bool, String) {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cowcrypt"))
+        .args(args)
+        .arg(path);
+    for p in more {
+        cmd.arg(p);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn the_caller_of_a_control_request_is_the_user_who_sent_it() {
+    if !can_mount() || !have_setpriv() {
+        return;
+    }
+    let s = scratch("64M");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(s.dir.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = cowcrypt()
+        .args(["mount", "-o", "allow_other"])
+        .arg(&s.image)
+        .arg(&s.dir)
+        .output();
+    let m = Mounted {
+        dir: s.dir.clone(),
+        image: s.image.clone(),
+    };
+    ok(out.unwrap(), "mount");
+    let open = s.dir.join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let (mine, snap, roots) = (open.join("mine"), open.join("snap"), open.join("roots"));
+    run_ok(&["subvolume", "create"], &[&roots]);
+
+    // A user makes and snapshots a subvolume of their own: both belong to them.
+    let (made, text) = cowcrypt_as_nobody(&["subvolume", "create"], &mine, &[]);
+    assert!(made, "{text}");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&fs::metadata(&mine).unwrap()),
+        65534
+    );
+    let (made, text) = cowcrypt_as_nobody(&["subvolume", "snapshot", "-r"], &mine, &[&snap]);
+    assert!(made, "{text}");
+    let (listed, text) = cowcrypt_as_nobody(&["subvolume", "list"], &s.dir, &[]);
+    assert!(listed && text.contains("open/snap"), "{text}");
+
+    // Root's subvolume: neither snapshot nor delete, though the directory is open to all.
+    let (done, text) =
+        cowcrypt_as_nobody(&["subvolume", "snapshot"], &roots, &[&open.join("copy")]);
+    assert!(!done && text.contains("Operation not permitted"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let (done, text) = cowcrypt_as_nobody(&["subvolume", "delete"], &roots, &[]);
+    assert!(!done && text.contains("Operation not permitted"), "{text}");
+    assert!(roots.is_dir());
+
+    // Their own go.
+    for p in [&snap, &mine] {
+        let (done, text) = cowcrypt_as_nobody(&["subvolume", "delete"], p, &[]);
+        assert!(done, "{text}");
+        assert!(!p.exists());
+    }
+    unmount(m);
+    fsck_clean(&s.image);
+}
