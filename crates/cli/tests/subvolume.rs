@@ -554,3 +554,76 @@ fn the_caller_of_a_control_request_is_the_user_who_sent_it() {
     unmount(m);
     fsck_clean(&s.image);
 }
+
+/// One raw control ioctl on `path` with `frame` in the buffer: the answer frame or the errno.
+fn raw_control(path: &Path, frame: &[u8]) -> Result<Vec<u8>, i32> {
+    use cowfs::control::{FRAME_SIZE, IOCTL_CMD};
+    let f = fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; FRAME_SIZE];
+    buf[..frame.len()].copy_from_slice(frame);
+    // SAFETY: the ioctl number says FRAME_SIZE bytes in and out, the buffer's length.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            IOCTL_CMD as libc::Ioctl,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    Ok(buf)
+}
+
+#[test]
+fn the_frame_is_checked_by_the_daemon() {
+    use cowfs::control::{PROTOCOL_VERSION, Request, Response};
+    if !can_mount() {
+        return;
+    }
+    let s = scratch("64M");
+    let m = mount(&s);
+    let answer = raw_control(&s.dir, &Request::Version.encode().unwrap()).unwrap();
+    match Response::decode(&answer).unwrap() {
+        Response::Version { protocol, program } => {
+            assert_eq!(protocol, PROTOCOL_VERSION);
+            assert_eq!(program, env!("CARGO_PKG_VERSION"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let frame = |json: &[u8]| {
+        let mut f = (json.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(json);
+        f
+    };
+    // Another version, an unknown request, not JSON, a length past the buffer.
+    assert_eq!(
+        raw_control(&s.dir, &frame(br#"{"version":99,"body":"version"}"#)),
+        Err(libc::EPROTO)
+    );
+    assert_eq!(
+        raw_control(&s.dir, &frame(br#"{"version":1,"body":"format_disk"}"#)),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(raw_control(&s.dir, &frame(b"\xff\xfe")), Err(libc::EINVAL));
+    assert_eq!(raw_control(&s.dir, &[0xff; 8]), Err(libc::EINVAL));
+    // Errors of the operation come back as its errno: deleting a name that is no subvolume is
+    // EINVAL, a name that does not exist ENOENT.
+    fs::create_dir(s.dir.join("plain")).unwrap();
+    let req = |r: Request| raw_control(&s.dir, &r.encode().unwrap()).map(|_| ());
+    assert_eq!(
+        req(Request::SubvolumeDelete {
+            name: b"plain".to_vec()
+        }),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        req(Request::SubvolumeDelete {
+            name: b"none".to_vec()
+        }),
+        Err(libc::ENOENT)
+    );
+    assert!(s.dir.join("plain").is_dir());
+    unmount(m);
+    fsck_clean(&s.image);
+}
