@@ -68,6 +68,20 @@ enum Command {
     /// Manage subvolumes of a mounted filesystem.
     #[command(subcommand)]
     Subvolume(SubvolumeCommand),
+    /// Grow or shrink a filesystem that is not mounted.
+    ///
+    /// Growing extends the image file (a block device must already be that large) and adds
+    /// the new space. Shrinking drops unused chunks past the new end and moves used ones,
+    /// whole and as stored (encrypted data needs no key), below it, then cuts the image file;
+    /// when the data cannot fit, nothing changes. A crash at any point leaves the filesystem
+    /// either as it was or resized.
+    Resize {
+        /// Image file or block device.
+        image: PathBuf,
+        /// The new size, like 512M or 2G (binary units).
+        #[arg(value_parser = size::parse_size)]
+        size: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +200,7 @@ fn run(cli: Cli) -> Result<()> {
         })?,
         Command::Fsck { image } => offline::fsck(&image)?,
         Command::Inspect { json, image } => offline::inspect(&image, json)?,
+        Command::Resize { image, size } => offline::resize(&image, size)?,
         Command::Subvolume(c) => match c {
             SubvolumeCommand::Create { path } => subvolume::create(&path)?,
             SubvolumeCommand::Snapshot {

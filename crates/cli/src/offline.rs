@@ -1,4 +1,4 @@
-//! The commands that work on an unmounted image: `mkfs`, `fsck` and `inspect`. Each takes the
+//! The commands that work on an unmounted image: `mkfs`, `fsck`, `inspect` and `resize`. Each takes the
 //! image's exclusive lock first, so none of them runs under a live mount or beside another.
 
 use std::path::Path;
@@ -126,4 +126,26 @@ fn print_out(text: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("cannot write to stdout"),
     }
+}
+
+/// Grows or shrinks the filesystem on `image` to `size` bytes.
+pub fn resize(image: &Path, size: u64) -> Result<()> {
+    image::require(image)?;
+    let _lock = image::lock(image)?;
+    let progress = Progress::bytes(&format!("resizing {}", image.display()), 0);
+    let r =
+        cowfs::Filesystem::resize_image(image, size, &mut |done, total| progress.set(done, total))
+            .with_context(|| format!("cannot resize {} to {}", image.display(), human(size)))?;
+    progress.finish();
+    println!(
+        "{}: {} -> {} ({} chunks added, {} removed, {} moved, {} copied)",
+        image.display(),
+        human(r.old_size),
+        human(r.new_size),
+        r.chunks_added,
+        r.chunks_removed,
+        r.chunks_moved,
+        human(r.bytes_moved)
+    );
+    Ok(())
 }

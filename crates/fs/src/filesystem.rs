@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use store::{BlockDevice, DataRefs, FileDevice, ItemDataRef, Key, Store};
+use store::{BlockDevice, DataRefs, FileDevice, ItemDataRef, Key, ResizeReport, Store};
 
 use crate::check::FsckReport;
 use crate::error::{Error, Result};
@@ -147,6 +147,58 @@ impl Filesystem {
             Arc::new(FileDevice::create(path, size)?)
         };
         Filesystem::mkfs(dev, opts)
+    }
+
+    /// Grows or shrinks the filesystem on `dev` (neither mounted nor open) to `new_size` bytes
+    /// of it: growing maps chunks onto the added space (`dev` must already be that large);
+    /// shrinking drops unused chunks beyond the new end and moves used ones, whole and as
+    /// stored (no key needed), below it. Crash-safe: one commit switches the mappings.
+    /// `progress(done, total)` counts bytes moved.
+    pub fn resize_device(
+        dev: Arc<dyn BlockDevice>,
+        new_size: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ResizeReport> {
+        let store = Store::open(dev)?;
+        Ok(store.resize(new_size, progress)?)
+    }
+
+    /// [`Filesystem::resize_device`] on an image file (extended first, cut after a shrink) or a
+    /// block device (which must be at least `new_size` bytes).
+    pub fn resize_image(
+        path: &Path,
+        new_size: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ResizeReport> {
+        let io = |context: &str, source: std::io::Error| {
+            Error::Store(store::Error::Io {
+                context: format!("{context} {}", path.display()),
+                source,
+            })
+        };
+        let file = !is_block_device(path);
+        if file {
+            let len = std::fs::metadata(path)
+                .map_err(|e| io("cannot stat", e))?
+                .len();
+            if new_size > len {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_len(new_size))
+                    .map_err(|e| io("cannot extend", e))?;
+            }
+        }
+        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path, true)?);
+        let r = Filesystem::resize_device(dev, new_size, progress)?;
+        if file && r.new_size < r.old_size {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(r.new_size))
+                .map_err(|e| io("cannot cut", e))?;
+        }
+        Ok(r)
     }
 
     /// Opens the filesystem in an image file or on a block device.

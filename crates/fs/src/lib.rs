@@ -48,6 +48,7 @@ pub use check::FsckReport;
 pub use error::{Error, Result};
 pub use filesystem::Filesystem;
 pub use inspect::{EntryInfo, ExtentInfo, InodeInfo, Inspection, SubvolumeInfo};
+pub use store::ResizeReport;
 pub use subvol::{SubvolumeEntry, SubvolumeList};
 pub use types::{
     Attr, Caller, DirEntry, FallocMode, Fh, FileKind, Ino, MkfsOptions, NAME_MAX, OpenFlags,

@@ -185,6 +185,8 @@ pub struct Allocator {
     /// Free bytes per kind, kept in step with the chunks' free sets (read on every allocation
     /// and every tree change's space check).
     free_bytes: [u64; 3],
+    /// Chunks no allocation may use (being moved by a resize).
+    excluded: BTreeSet<u64>,
 }
 
 fn kind_index(k: ChunkKind) -> usize {
@@ -262,6 +264,7 @@ impl Allocator {
             meta_reserve,
             hints: [0; 3],
             free_bytes,
+            excluded: BTreeSet::new(),
         })
     }
 
@@ -316,7 +319,7 @@ impl Allocator {
             .chunks
             .range(first..)
             .chain(self.chunks.range(..first))
-            .filter(|(_, c)| c.mapping.kind == kind)
+            .filter(|(l, c)| c.mapping.kind == kind && !self.excluded.contains(l))
             .find_map(|(&logical, c)| {
                 let h = if c.mapping.contains(hint) {
                     hint
@@ -332,6 +335,19 @@ impl Allocator {
         self.dirty.insert(logical);
         self.hints[kind_index(kind)] = at + len;
         Ok(at)
+    }
+
+    /// Keeps every allocation out of the chunk at `logical` (its bytes are being copied to a new
+    /// place, so nothing may change in it until the move commits).
+    pub fn exclude(&mut self, logical: u64) {
+        self.excluded.insert(logical);
+    }
+
+    /// Whether no byte of the chunk at `logical` is in use (all free, none pinned).
+    pub fn chunk_unused(&self, logical: u64) -> bool {
+        self.chunks
+            .get(&logical)
+            .is_some_and(|c| c.free.total() == c.mapping.length)
     }
 
     /// Bytes of `kind` allocatable now (the reserve included).

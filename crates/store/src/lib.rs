@@ -29,5 +29,5 @@ pub use key::{Key, item_type, objectid, tree_id};
 pub use superblock::{Superblock, TreeRoot, read_superblock, write_superblocks};
 pub use txn::{
     CheckReport, DataExtent, DataRefOwner, DataRefs, DropProgress, ItemDataRef, MkfsOptions,
-    PendingDeletion, ReadTxn, RootItem, Stats, Store, WriteTxn,
+    PendingDeletion, ReadTxn, ResizeReport, RootItem, Stats, Store, WriteTxn,
 };

@@ -20,10 +20,12 @@
 
 mod drop;
 mod extent;
+mod resize;
 mod writeback;
 
 pub use drop::{DROP_ITEM_SIZE, DROP_ITEM_VERSION, DropProgress, PendingDeletion};
 pub use extent::{DataExtent, DataRefOwner, DataRefs, EXTENT_FLAG_DATA, ItemDataRef, owner_hash};
+pub use resize::ResizeReport;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::{Bound, RangeBounds};

@@ -1,0 +1,87 @@
+//! `cowcrypt resize` on an image: fill a mount, delete most of it, shrink (chunks move), check,
+//! read everything back through a new mount, grow, write more into the new space, check again.
+//! Refusals (too small, mounted image) are one line with status 1 and change nothing.
+//!
+//! Needs root and /dev/fuse; skipped with a message otherwise, except under CI=true.
+
+use std::path::Path;
+use std::process::Command;
+
+use fsx::harness::{CowcryptMount, binary_can_mount, mount_tests_can_run};
+
+fn cowcrypt(bin: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin).args(args).output().expect("run cowcrypt")
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn shrink_and_grow_an_image_keep_every_byte() {
+    if !mount_tests_can_run("shrink_and_grow_an_image_keep_every_byte") {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
+    if !binary_can_mount(bin, "shrink_and_grow_an_image_keep_every_byte") {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("cowcrypt-resize.")
+        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
+        .expect("scratch dir");
+    let image = tmp.path().join("resize.img");
+    let dir = tmp.path().join("mnt");
+    let log = tmp.path().join("daemon.log");
+    let img = image.to_str().unwrap();
+    CowcryptMount::mkfs(bin, &image, "512M").expect("mkfs");
+    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    // Fill most of it, keep the last files (far on the device) and one early one.
+    let mut kept = Vec::new();
+    for i in 0..12u8 {
+        let path = dir.join(format!("f{i}"));
+        std::fs::write(&path, data(24 << 20, i)).expect("write");
+        if i == 0 || i >= 10 {
+            kept.push((path, i));
+        }
+    }
+    for i in 1..10u8 {
+        std::fs::remove_file(dir.join(format!("f{i}"))).expect("unlink");
+    }
+    // Refused while mounted: the image is locked.
+    let busy = cowcrypt(bin, &["resize", img, "256M"]);
+    assert_eq!(busy.status.code(), Some(1));
+    mount.unmount().expect("unmount");
+
+    let shrink = cowcrypt(bin, &["resize", img, "200M"]);
+    assert!(shrink.status.success(), "{shrink:?}");
+    let said = String::from_utf8_lossy(&shrink.stdout);
+    assert!(said.contains("-> 200 MiB"), "{said}");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 200 << 20);
+    CowcryptMount::fsck(bin, &image).expect("fsck after shrink");
+
+    let tiny = cowcrypt(bin, &["resize", img, "40M"]);
+    assert_eq!(tiny.status.code(), Some(1), "{tiny:?}");
+    let err = String::from_utf8_lossy(&tiny.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 200 << 20);
+
+    let grow = cowcrypt(bin, &["resize", img, "1G"]);
+    assert!(grow.status.success(), "{grow:?}");
+    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    for (path, i) in &kept {
+        assert!(
+            std::fs::read(path).expect("read") == data(24 << 20, *i),
+            "{path:?}"
+        );
+    }
+    // The new space takes new data.
+    for i in 0..20u8 {
+        std::fs::write(dir.join(format!("g{i}")), data(32 << 20, 100 + i))
+            .expect("write after grow");
+    }
+    mount.unmount().expect("unmount");
+    CowcryptMount::fsck(bin, &image).expect("fsck after grow");
+}
