@@ -107,6 +107,9 @@ enum SubvolumeCommand {
     /// `subvolume list`), also after a remount or crash. Root, or the owner of its top
     /// directory; subvolumes nested in it must be deleted first.
     Delete {
+        /// Wait until the space of every deleted subvolume is freed (a bar on a terminal).
+        #[arg(long)]
+        wait: bool,
         /// The subvolume's top directory.
         path: PathBuf,
     },
@@ -205,7 +208,7 @@ fn run(cli: Cli) -> Result<()> {
                 source,
                 dest,
             } => subvolume::snapshot(&source, &dest, read_only)?,
-            SubvolumeCommand::Delete { path } => subvolume::delete(&path)?,
+            SubvolumeCommand::Delete { wait, path } => subvolume::delete(&path, wait)?,
             SubvolumeCommand::List { json, mount } => subvolume::list(&mount, json)?,
             SubvolumeCommand::Show { json, path } => subvolume::show(&path, json)?,
         },

@@ -12,7 +12,11 @@ use cowfs::SubvolumeEntry;
 use cowfs::control::{Request, Response};
 
 use crate::control;
+use crate::progress::Progress;
 use crate::size::human;
+
+/// How often `delete --wait` asks how far the release is.
+const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Mode of a new subvolume's root directory, as btrfs gives it (umask not applied).
 const NEW_SUBVOLUME_MODE: u32 = 0o755;
@@ -107,17 +111,45 @@ pub fn snapshot(source: &Path, dest: &Path, read_only: bool) -> Result<()> {
     Ok(())
 }
 
-/// `subvolume delete PATH`: returns once the entry is gone; space is freed in the background.
-pub fn delete(path: &Path) -> Result<()> {
+/// `subvolume delete [--wait] PATH`: returns once the entry is gone; space is freed in the
+/// background, or before returning with `wait`.
+pub fn delete(path: &Path, wait: bool) -> Result<()> {
     let (dir, name) = split(path)?;
     control::call(&dir, &Request::SubvolumeDelete { name })
         .and_then(done)
         .with_context(|| format!("cannot delete subvolume {}", path.display()))?;
-    println!(
-        "Deleted subvolume {} (its space is freed in the background; see `cowcrypt subvolume list`)",
-        path.display()
-    );
+    if !wait {
+        println!(
+            "Deleted subvolume {} (its space is freed in the background; see `cowcrypt subvolume list`)",
+            path.display()
+        );
+        return Ok(());
+    }
+    wait_for_deletions(&dir)
+        .with_context(|| format!("deleted {}, but cannot follow its release", path.display()))?;
+    println!("Deleted subvolume {} and freed its space", path.display());
     Ok(())
+}
+
+/// Polls until no deleted subvolume of the mount at `mount` holds space any more, with a bar of
+/// the tree blocks released (on a terminal).
+fn wait_for_deletions(mount: &Path) -> Result<()> {
+    let mut bar: Option<(Progress, u64)> = None;
+    loop {
+        let (_, deleting, left) = list_all(mount)?;
+        if deleting == 0 {
+            return Ok(());
+        }
+        let (p, total) = bar.get_or_insert_with(|| {
+            (
+                Progress::bytes("freeing deleted subvolumes", left.max(1)),
+                left.max(1),
+            )
+        });
+        *total = (*total).max(left);
+        p.set(*total - left, *total);
+        std::thread::sleep(POLL);
+    }
 }
 
 /// `subvolume show PATH [--json]`: the subvolume PATH is in.
@@ -204,7 +236,7 @@ pub fn list(mount: &Path, json: bool) -> Result<()> {
     }
     if deleting > 0 {
         println!(
-            "Deleting: {deleting} subvolume(s), about {} still to free",
+            "Deleting: {deleting} subvolume(s) still freeing space (about {} of tree blocks left)",
             human(deleting_bytes)
         );
     }

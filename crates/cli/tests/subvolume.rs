@@ -407,9 +407,9 @@ fn delete_frees_space_in_the_background_and_resumes_after_remount() {
     wait_deleted(&d);
     assert!(free_bytes(&d) < full + 2 * MIB);
     assert_eq!(fs::read(d.join("snap/f3")).unwrap(), vec![4u8; 4 << 20]);
-    // Deleting the last holder frees the data.
-    run_ok(&["subvolume", "delete"], &[&d.join("snap")]);
-    wait_deleted(&d);
+    // Deleting the last holder frees the data; --wait returns once it is free.
+    run_ok(&["subvolume", "delete", "--wait"], &[&d.join("snap")]);
+    assert_eq!(list_json(&d)["deleting"], 0);
     let after = free_bytes(&d);
     assert!(after + 2 * MIB >= before, "{before} {after}");
 
@@ -440,6 +440,190 @@ fn delete_frees_space_in_the_background_and_resumes_after_remount() {
         caught,
         "no unmount came before the background deletion finished"
     );
+    unmount(m);
+    fsck_clean(&s.image);
+}
+
+#[test]
+fn a_list_larger_than_one_frame_comes_in_pages() {
+    if !can_mount() {
+        return;
+    }
+    let s = scratch("128M");
+    let m = mount(&s);
+    // About 450 bytes of JSON each: 80 of them need three 16 KiB frames.
+    let mut want = vec![String::new()];
+    for i in 0..80 {
+        let name = format!("{i:03}{}", "n".repeat(250));
+        run_ok(&["subvolume", "create"], &[&s.dir.join(&name)]);
+        want.push(name);
+    }
+    let v = list_json(&s.dir);
+    let subs = v["subvolumes"].as_array().unwrap();
+    let paths: Vec<&str> = subs.iter().map(|s| s["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, want);
+    let ids: Vec<u64> = subs.iter().map(|s| s["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    unmount(m);
+    fsck_clean(&s.image);
+}
+
+/// Whether `setpriv` is here; under CI=true it must be.
+fn have_setpriv() -> bool {
+    let found = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true: needs setpriv");
+        }
+        let _ = writeln!(std::io::stderr(), "skipping: needs setpriv");
+    }
+    found
+}
+
+/// `cowcrypt ARGS` as uid/gid 65534; (success, stdout and stderr).
+fn cowcrypt_as_nobody(args: &[&str], path: &Path, more: &[&Path]) -> (bool, String) {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cowcrypt"))
+        .args(args)
+        .arg(path);
+    for p in more {
+        cmd.arg(p);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn the_caller_of_a_control_request_is_the_user_who_sent_it() {
+    if !can_mount() || !have_setpriv() {
+        return;
+    }
+    let s = scratch("64M");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(s.dir.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = cowcrypt()
+        .args(["mount", "-o", "allow_other"])
+        .arg(&s.image)
+        .arg(&s.dir)
+        .output();
+    let m = Mounted {
+        dir: s.dir.clone(),
+        image: s.image.clone(),
+    };
+    ok(out.unwrap(), "mount");
+    let open = s.dir.join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let (mine, snap, roots) = (open.join("mine"), open.join("snap"), open.join("roots"));
+    run_ok(&["subvolume", "create"], &[&roots]);
+
+    // A user makes and snapshots a subvolume of their own: both belong to them.
+    let (made, text) = cowcrypt_as_nobody(&["subvolume", "create"], &mine, &[]);
+    assert!(made, "{text}");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&fs::metadata(&mine).unwrap()),
+        65534
+    );
+    let (made, text) = cowcrypt_as_nobody(&["subvolume", "snapshot", "-r"], &mine, &[&snap]);
+    assert!(made, "{text}");
+    let (listed, text) = cowcrypt_as_nobody(&["subvolume", "list"], &s.dir, &[]);
+    assert!(listed && text.contains("open/snap"), "{text}");
+
+    // Root's subvolume: neither snapshot nor delete, though the directory is open to all.
+    let (done, text) =
+        cowcrypt_as_nobody(&["subvolume", "snapshot"], &roots, &[&open.join("copy")]);
+    assert!(!done && text.contains("Operation not permitted"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let (done, text) = cowcrypt_as_nobody(&["subvolume", "delete"], &roots, &[]);
+    assert!(!done && text.contains("Operation not permitted"), "{text}");
+    assert!(roots.is_dir());
+
+    // Their own go.
+    for p in [&snap, &mine] {
+        let (done, text) = cowcrypt_as_nobody(&["subvolume", "delete"], p, &[]);
+        assert!(done, "{text}");
+        assert!(!p.exists());
+    }
+    unmount(m);
+    fsck_clean(&s.image);
+}
+
+/// One raw control ioctl on `path` with `frame` in the buffer: the answer frame or the errno.
+fn raw_control(path: &Path, frame: &[u8]) -> Result<Vec<u8>, i32> {
+    use cowfs::control::{FRAME_SIZE, IOCTL_CMD};
+    let f = fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; FRAME_SIZE];
+    buf[..frame.len()].copy_from_slice(frame);
+    // SAFETY: the ioctl number says FRAME_SIZE bytes in and out, the buffer's length.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            IOCTL_CMD as libc::Ioctl,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    Ok(buf)
+}
+
+#[test]
+fn the_frame_is_checked_by_the_daemon() {
+    use cowfs::control::{PROTOCOL_VERSION, Request, Response};
+    if !can_mount() {
+        return;
+    }
+    let s = scratch("64M");
+    let m = mount(&s);
+    let answer = raw_control(&s.dir, &Request::Version.encode().unwrap()).unwrap();
+    match Response::decode(&answer).unwrap() {
+        Response::Version { protocol, program } => {
+            assert_eq!(protocol, PROTOCOL_VERSION);
+            assert_eq!(program, env!("CARGO_PKG_VERSION"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let frame = |json: &[u8]| {
+        let mut f = (json.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(json);
+        f
+    };
+    // Another version, an unknown request, not JSON, a length past the buffer.
+    assert_eq!(
+        raw_control(&s.dir, &frame(br#"{"version":99,"body":"version"}"#)),
+        Err(libc::EPROTO)
+    );
+    assert_eq!(
+        raw_control(&s.dir, &frame(br#"{"version":1,"body":"format_disk"}"#)),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(raw_control(&s.dir, &frame(b"\xff\xfe")), Err(libc::EINVAL));
+    assert_eq!(raw_control(&s.dir, &[0xff; 8]), Err(libc::EINVAL));
+    // Errors of the operation come back as its errno: deleting a name that is no subvolume is
+    // EINVAL, a name that does not exist ENOENT.
+    fs::create_dir(s.dir.join("plain")).unwrap();
+    let req = |r: Request| raw_control(&s.dir, &r.encode().unwrap()).map(|_| ());
+    assert_eq!(
+        req(Request::SubvolumeDelete {
+            name: b"plain".to_vec()
+        }),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        req(Request::SubvolumeDelete {
+            name: b"none".to_vec()
+        }),
+        Err(libc::ENOENT)
+    );
+    assert!(s.dir.join("plain").is_dir());
     unmount(m);
     fsck_clean(&s.image);
 }

@@ -79,7 +79,7 @@ pub enum Response {
     },
     /// One page of subvolumes; `more` says another page follows. `deleting` and
     /// `deleting_bytes` are the deleted subvolumes still releasing space (as of the last
-    /// commit) and an estimate of what they will free.
+    /// commit) and an estimate of the tree blocks they still hold (file data not counted).
     Subvolumes {
         subvolumes: Vec<SubvolumeEntry>,
         deleting: usize,

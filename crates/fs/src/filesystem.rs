@@ -515,6 +515,7 @@ impl Filesystem {
     // --- Subvolumes ---------------------------------------------------------------------------
 
     /// Makes a new, empty subvolume linked as `name` in directory `parent` (mode as mkdir).
+    /// Committed on return, as the snapshot and delete below (btrfs's are durable too).
     pub fn subvolume_create(
         &self,
         parent: Ino,
@@ -522,11 +523,16 @@ impl Filesystem {
         mode: u32,
         c: &Caller,
     ) -> Result<Attr> {
-        self.op(|s| s.subvolume_create(objectid(parent)?, name, mode, c))
+        self.op(|s| {
+            let attr = s.subvolume_create(objectid(parent)?, name, mode, c)?;
+            s.commit()?;
+            Ok(attr)
+        })
     }
 
     /// Snapshots the subvolume whose root directory is `source` as `name` in `parent`: O(1),
-    /// sharing every block. `read_only` snapshots refuse every change (EROFS).
+    /// sharing every block. `read_only` snapshots refuse every change (EROFS). Committed on
+    /// return (with whatever else was pending).
     pub fn subvolume_snapshot(
         &self,
         source: Ino,
@@ -535,7 +541,12 @@ impl Filesystem {
         read_only: bool,
         c: &Caller,
     ) -> Result<Attr> {
-        self.op(|s| s.subvolume_snapshot(objectid(source)?, objectid(parent)?, name, read_only, c))
+        self.op(|s| {
+            let attr =
+                s.subvolume_snapshot(objectid(source)?, objectid(parent)?, name, read_only, c)?;
+            s.commit()?;
+            Ok(attr)
+        })
     }
 
     /// Deletes the subvolume linked as `name` in `parent`. Returns at once; its space is freed

@@ -17,7 +17,7 @@ pub struct Inspection {
     pub subvolumes: Vec<SubvolumeInfo>,
     /// Deleted subvolumes whose space is not all released yet (committed state).
     pub deleting: usize,
-    /// Estimate of the bytes those still hold.
+    /// Estimate of the tree blocks (bytes) those still hold (file data not counted).
     pub deleting_bytes: u64,
 }
 

@@ -41,7 +41,8 @@ pub struct SubvolumeList {
     pub subvolumes: Vec<SubvolumeEntry>,
     /// Deleted subvolumes whose blocks are not all released yet (last commit).
     pub deleting: usize,
-    /// Estimate of the bytes those will free.
+    /// Estimate of the tree blocks (bytes) those still hold: metadata only; the file data
+    /// they alone reference is freed with them but not counted here.
     pub deleting_bytes: u64,
 }
 
@@ -226,6 +227,11 @@ impl State {
         let it = self.inode(source)?;
         // Reading the source is what a snapshot needs (btrfs asks the same of the caller).
         self.permit(source, &it, c, crate::perm::MAY_READ)?;
+        // And, as btrfs, owning it: the source is named by inode number, not reached by a
+        // path, so this is also what keeps a subvolume behind a closed directory out of reach.
+        if c.uid != 0 && c.uid != it.uid {
+            return Err(Error::Perm);
+        }
         self.new_link_ok(parent, name, c)?;
         // Buffered data of the source's files goes into its tree first.
         self.flush_all_data()?;

@@ -168,6 +168,41 @@ fn deleting_needs_a_subvolume_and_no_open_files() {
     assert_clean(&fs);
 }
 
+#[test]
+fn users_snapshot_and_delete_only_their_own_subvolumes() {
+    let (_dev, fs) = new_fs();
+    let c = root();
+    let alice = user(1000, 1000, &[]);
+    let bob = user(1001, 1001, &[]);
+    let pub_dir = fs.mkdir(ROOT_INO, b"pub", 0o777, &c).unwrap();
+    let theirs = fs
+        .subvolume_create(ROOT_INO, b"root-owned", 0o755, &c)
+        .unwrap();
+    // Readable, but not hers: no snapshot (btrfs asks for ownership too).
+    assert_eq!(
+        errno(fs.subvolume_snapshot(theirs.ino, pub_dir.ino, b"s", false, &alice)),
+        libc::EPERM
+    );
+    let mine = fs
+        .subvolume_create(pub_dir.ino, b"alice", 0o755, &alice)
+        .unwrap();
+    assert_eq!(mine.uid, 1000);
+    let snap = fs
+        .subvolume_snapshot(mine.ino, pub_dir.ino, b"alice-snap", true, &alice)
+        .unwrap();
+    assert_eq!(snap.uid, 1000);
+    // Bob may write in the directory but owns neither subvolume.
+    assert_eq!(
+        errno(fs.subvolume_delete(pub_dir.ino, b"alice", &bob)),
+        libc::EPERM
+    );
+    fs.subvolume_delete(pub_dir.ino, b"alice-snap", &alice)
+        .unwrap();
+    fs.subvolume_delete(pub_dir.ino, b"alice", &alice).unwrap();
+    fs.finish_subvolume_deletions().unwrap();
+    assert_clean(&fs);
+}
+
 /// Model file -> contents.
 type Files = std::collections::BTreeMap<u8, Vec<u8>>;
 /// Subvolume name -> (root ino, read-only, files).

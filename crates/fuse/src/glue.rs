@@ -294,17 +294,19 @@ impl Adapter {
         }
     }
 
-    /// Drops the kernel's dentry of `name` in `parent` and the parent's attributes (its link
-    /// count changed), for a change made through the control channel. Sent from its own thread:
-    /// from inside a callback it can deadlock with one worker.
-    fn entry_removed(&self, parent: INodeNo, name: Vec<u8>) {
+    /// Drops the kernel's cached attributes of directory `parent` and, if given, its dentry of
+    /// the removed name, for a change made through the control channel. Sent from its own
+    /// thread: from inside a callback it can deadlock with one worker.
+    fn directory_changed(&self, parent: INodeNo, removed: Option<Vec<u8>>) {
         let Some(n) = self.notifier.get().cloned() else {
             return;
         };
         let spawned = std::thread::Builder::new()
             .name("cowcrypt-inval".into())
             .spawn(move || {
-                if let Err(e) = n.inval_entry(parent, OsStr::from_bytes(&name)) {
+                if let Some(name) = removed
+                    && let Err(e) = n.inval_entry(parent, OsStr::from_bytes(&name))
+                {
                     tracing::debug!("invalidating an entry of {}: {e}", parent.0);
                 }
                 if let Err(e) = n.inval_inode(parent, -1, 0) {
@@ -312,7 +314,7 @@ impl Adapter {
                 }
             });
         if let Err(e) = spawned {
-            tracing::warn!("no thread to invalidate a deleted subvolume's entry: {e}");
+            tracing::warn!("no thread to invalidate a changed directory: {e}");
         }
     }
 
@@ -844,10 +846,13 @@ impl fuser::Filesystem for Adapter {
             Ok(r) => r,
             Err(e) => return reply.error(errno(&e)),
         };
-        // A deleted subvolume's entry vanished behind the kernel's back: its cached dentry
+        // Entries made or removed here change the directory behind the kernel's back: its
+        // cached attributes (link count, times) and, for a removal, the cached dentry, which
         // would keep answering lookups for up to TTL.
-        let gone = match &request {
-            control::Request::SubvolumeDelete { name } => Some(name.clone()),
+        let changed = match &request {
+            control::Request::SubvolumeDelete { name } => Some(Some(name.clone())),
+            control::Request::SubvolumeCreate { .. }
+            | control::Request::SubvolumeSnapshot { .. } => Some(None),
             _ => None,
         };
         let answer = self
@@ -857,8 +862,8 @@ impl fuser::Filesystem for Adapter {
         match answer {
             Ok(frame) => {
                 reply.ioctl(0, &frame);
-                if let Some(name) = gone {
-                    self.entry_removed(ino, name);
+                if let Some(removed) = changed {
+                    self.directory_changed(ino, removed);
                 }
             }
             Err(e) => reply.error(errno(&e)),
