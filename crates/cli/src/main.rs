@@ -8,7 +8,9 @@ mod image;
 mod mount;
 mod offline;
 mod progress;
+mod reflink;
 mod size;
+mod space;
 mod subvolume;
 
 use std::io::Read;
@@ -83,6 +85,36 @@ enum Command {
         usage: u8,
         /// A path on a cowcrypt mount, or an image file or block device that is not mounted.
         target: PathBuf,
+    },
+    /// Share a file's data with another file on the same mount (copy_file_range).
+    ///
+    /// Whole blocks are shared, not copied; unaligned edges of a range are copied. Writes to
+    /// either file afterwards never change the other. Without --range DEST is created or
+    /// truncated and receives all of SOURCE.
+    Reflink {
+        /// Share LENGTH bytes at SRC_OFFSET of SOURCE into DEST at DEST_OFFSET.
+        #[arg(long, num_args = 3, value_names = ["SRC_OFFSET", "LENGTH", "DEST_OFFSET"],
+              value_parser = size::parse_offset)]
+        range: Option<Vec<u64>>,
+        source: PathBuf,
+        dest: PathBuf,
+    },
+    /// Bytes of files on a mount: total, exclusive (freed by deleting them) and shared (with
+    /// a reflink or a snapshot). A directory counts every file below it.
+    Du {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Space of a mounted filesystem: size, data and metadata used, free, pending deletion.
+    Df {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Any path on the mount.
+        mount: PathBuf,
     },
     /// Grow or shrink a filesystem that is not mounted.
     ///
@@ -218,6 +250,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { json, image } => offline::inspect(&image, json)?,
         Command::Resize { image, size } => offline::resize(&image, size)?,
         Command::Balance { usage, target } => balance::run(&target, usage)?,
+        Command::Reflink {
+            range,
+            source,
+            dest,
+        } => reflink::run(&source, &dest, range.map(|r| (r[0], r[1], r[2])))?,
+        Command::Du { json, paths } => space::du(&paths, json)?,
+        Command::Df { json, mount } => space::df(&mount, json)?,
         Command::Subvolume(c) => match c {
             SubvolumeCommand::Create { path } => subvolume::create(&path)?,
             SubvolumeCommand::Snapshot {

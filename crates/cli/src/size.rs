@@ -5,6 +5,19 @@ use anyhow::{Result, bail};
 
 /// Parses a size in bytes; zero and overflowing sizes are refused.
 pub fn parse_size(text: &str) -> Result<u64> {
+    let bytes = parse_bytes(text)?;
+    if bytes == 0 {
+        bail!("invalid size '{text}': must be more than zero");
+    }
+    Ok(bytes)
+}
+
+/// Parses an offset or length in bytes (zero allowed), with the suffixes of sizes.
+pub fn parse_offset(text: &str) -> Result<u64> {
+    parse_bytes(text)
+}
+
+fn parse_bytes(text: &str) -> Result<u64> {
     let t = text.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(digits_end);
@@ -26,9 +39,6 @@ pub fn parse_size(text: &str) -> Result<u64> {
     let Some(bytes) = n.checked_mul(1u64 << shift) else {
         bail!("invalid size '{text}': too large");
     };
-    if bytes == 0 {
-        bail!("invalid size '{text}': must be more than zero");
-    }
     Ok(bytes)
 }
 

@@ -187,7 +187,7 @@ impl State {
             let first_owner = store::DataRefOwner {
                 root: crate::state::tree_of(*obj0),
                 inode: crate::state::local(*obj0),
-                offset: at0 - fe0.offset,
+                offset: at0.wrapping_sub(fe0.offset),
             };
             let Some(new) = self.alloc_in_dests(len, first_owner, moves, keep)? else {
                 // No fuller chunk has room: this chunk stays as it is from here on.

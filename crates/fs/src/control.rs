@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::{BalanceReport, Caller, Filesystem, Ino, SubvolumeEntry};
+use crate::{BalanceReport, Caller, DiskUsage, Filesystem, Ino, SpaceReport, SubvolumeEntry};
 
 /// Version of the envelope and of the meaning of its requests and responses. A daemon answers
 /// a frame of another version with EPROTO, so an old CLI against a new daemon fails clearly.
@@ -65,6 +65,10 @@ pub enum Request {
     SubvolumeSetReadOnly { read_only: bool },
     /// Empties data chunks with at most `usage` percent in use (root only); answers when done.
     Balance { usage: u8 },
+    /// Bytes of the file here, or of every file under the directory here.
+    DiskUsage,
+    /// The filesystem's space figures.
+    Space,
 }
 
 /// The answer to a [`Request`]; errors travel as an errno instead.
@@ -92,6 +96,8 @@ pub enum Response {
     Subvolume(SubvolumeEntry),
     /// What a balance did.
     Balance(BalanceReport),
+    DiskUsage(DiskUsage),
+    Space(SpaceReport),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -230,6 +236,12 @@ impl Filesystem {
                 }
                 Ok(Response::Balance(self.balance(usage, &mut |_, _| {})?))
             }
+            Request::DiskUsage => {
+                // As du: reading sizes needs search permission on the way, which the kernel
+                // checked resolving the path the ioctl came through.
+                Ok(Response::DiskUsage(self.disk_usage(ino)?))
+            }
+            Request::Space => Ok(Response::Space(self.space()?)),
         }
     }
 }

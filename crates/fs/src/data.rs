@@ -22,8 +22,9 @@ fn owner(obj: u64, key_offset: u64, fe: &FileExtent) -> DataRefOwner {
     DataRefOwner {
         root: tree_of(obj),
         inode: local(obj),
-        // Decoding guarantees key_offset >= fe.offset.
-        offset: key_offset - fe.offset,
+        // Where the extent's start would be in the file: modulo 2^64 (as btrfs), so a
+        // reflink may put a piece of an extent nearer a file's start than it was in its extent.
+        offset: key_offset.wrapping_sub(fe.offset),
     }
 }
 
@@ -557,9 +558,7 @@ impl State {
     }
 
     /// Reflink: maps `n` bytes of `src` at `off_in` into `dst` at `off_out` by sharing extents
-    /// (both offsets block aligned; a partial last block only where it ends `dst`). Returns
-    /// false, having changed nothing but flushed data, when a piece cannot be described (it
-    /// would start before its extent's start in `dst`); the caller then copies.
+    /// (both offsets block aligned; a partial last block only where it ends `dst`).
     pub(crate) fn clone_range(
         &mut self,
         src: u64,
@@ -567,7 +566,7 @@ impl State {
         dst: u64,
         off_out: u64,
         n: u64,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         self.flush_data(src)?;
         self.flush_data(dst)?;
         let span = n.next_multiple_of(BLOCK);
@@ -581,9 +580,6 @@ impl State {
                 ..fe
             };
             let key_offset = off_out + (a - off_in);
-            if key_offset < piece.offset {
-                return Ok(false);
-            }
             pieces.push((key_offset, piece));
         }
         let mut it = self.inode(dst)?;
@@ -596,7 +592,7 @@ impl State {
         }
         it.size = it.size.max(off_out + n);
         self.put_inode(dst, &it)?;
-        Ok(true)
+        Ok(())
     }
 }
 

@@ -377,15 +377,14 @@ impl State {
                 if done < head {
                     return Ok(done);
                 }
-                if self.clone_range(in_obj, off_in + head, out_obj, off_out + head, middle)? {
-                    let mut it = self.inode(out_obj)?;
-                    let now = Timespec::now();
-                    it.mtime = now;
-                    it.ctime = now;
-                    perm::kill_suid(&mut it, c);
-                    self.put_inode(out_obj, &it)?;
-                    done += middle;
-                }
+                self.clone_range(in_obj, off_in + head, out_obj, off_out + head, middle)?;
+                let mut it = self.inode(out_obj)?;
+                let now = Timespec::now();
+                it.mtime = now;
+                it.ctime = now;
+                perm::kill_suid(&mut it, c);
+                self.put_inode(out_obj, &it)?;
+                done += middle;
                 let rest = n - done;
                 done += self.copy_bytes(
                     in_obj,

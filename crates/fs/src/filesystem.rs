@@ -20,6 +20,7 @@ use crate::types::{
     Attr, Caller, DirEntry, FallocMode, Fh, FileKind, Ino, MkfsOptions, OpenFlags, OpenOptions,
     RenameFlags, SetAttr, StatFs, Timespec, Whence,
 };
+use crate::usage::{DiskUsage, SpaceReport};
 
 /// Item changes after which the open transaction is committed, whatever the timer says.
 const MAX_UNCOMMITTED_CHANGES: u64 = 200_000;
@@ -37,7 +38,7 @@ impl DataRefs for FileExtentRefs {
             bytenr: fe.bytenr,
             len: fe.extent_len,
             inode: key.objectid,
-            offset: key.offset - fe.offset,
+            offset: key.offset.wrapping_sub(fe.offset),
         })
     }
 }
@@ -608,6 +609,17 @@ impl Filesystem {
         }
         progress(total, total);
         Ok(report)
+    }
+
+    /// Bytes of file `ino`, or of every file under directory `ino`: total, exclusive and
+    /// shared (with another file through a reflink, or with a snapshot).
+    pub fn disk_usage(&self, ino: Ino) -> Result<DiskUsage> {
+        self.op(|s| s.disk_usage(objectid(ino)?))
+    }
+
+    /// The filesystem's space: size, data and metadata in use, free, pending deletions.
+    pub fn space(&self) -> Result<SpaceReport> {
+        self.op(|s| s.space())
     }
 
     /// Releases space of deleted subvolumes until none is left (the commit thread does the

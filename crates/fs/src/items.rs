@@ -575,10 +575,6 @@ impl FileExtent {
         if bytenr == 0 || len == 0 || !fits || key.offset.checked_add(len).is_none() {
             return Err(Error::corrupt(key, "extent range out of bounds"));
         }
-        if key.offset < offset {
-            // The owner offset (file offset of the extent's start) would be negative.
-            return Err(Error::corrupt(key, "extent starts before the file"));
-        }
         Ok(FileExtent {
             kind,
             bytenr,

@@ -43,6 +43,7 @@ mod perm;
 mod state;
 mod subvol;
 mod types;
+mod usage;
 mod xattr;
 
 pub use balance::BalanceReport;
@@ -56,4 +57,5 @@ pub use types::{
     Attr, Caller, DirEntry, FallocMode, Fh, FileKind, Ino, MkfsOptions, NAME_MAX, OpenFlags,
     OpenOptions, ROOT_INO, RenameFlags, SetAttr, StatFs, TimeSet, Timespec, Whence,
 };
+pub use usage::{DiskUsage, SpaceReport};
 pub use xattr::{XATTR_CREATE, XATTR_REPLACE};

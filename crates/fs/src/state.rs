@@ -356,7 +356,13 @@ impl State {
             gid: it.gid,
             rdev: it.rdev,
             size: it.size,
-            blocks: it.bytes.div_ceil(512),
+            // Buffered data counts as soon as it is written (an estimate until it is flushed:
+            // an overwrite counts twice), so a file never looks sparse to cp and friends just
+            // because its data is still in memory.
+            blocks: it
+                .bytes
+                .saturating_add(self.dirty.get(&obj).map_or(0, |b| b.len() as u64 * BLOCK))
+                .div_ceil(512),
             blksize: BLOCK as u32,
             atime: it.atime,
             mtime: it.mtime,

@@ -828,6 +828,27 @@ impl<'a> WriteTxn<'a> {
         self.use_reserve = true;
     }
 
+    /// Whether the leaf holding `key` in `tree` is shared with another tree (some node on the
+    /// path from the root has more than one reference): its items then stand for files of
+    /// several trees (for `du`'s exclusive and shared bytes).
+    pub fn path_shared(&self, tree: u64, key: &Key) -> Result<bool> {
+        let root = self.root_of(tree)?;
+        if root.bytenr == 0 {
+            return Ok(false);
+        }
+        let mut node = self.read(root.bytenr, root.generation, root.level)?;
+        loop {
+            if self.refcount(node.bytenr)? > 1 {
+                return Ok(true);
+            }
+            if node.level == 0 {
+                return Ok(false);
+            }
+            let p = node.ptrs()[node.child_index(key)];
+            node = self.read(p.bytenr, p.generation, node.level - 1)?;
+        }
+    }
+
     /// Every chunk with its space figures as this transaction sees them (for balance).
     pub fn chunk_usage(&self) -> Vec<(ChunkMapping, SpaceStats)> {
         self.alloc
