@@ -9,6 +9,7 @@ mod mount;
 mod offline;
 mod progress;
 mod reflink;
+mod scrub;
 mod size;
 mod space;
 mod subvolume;
@@ -115,6 +116,16 @@ enum Command {
         json: bool,
         /// Any path on the mount.
         mount: PathBuf,
+    },
+    /// Verify every data and metadata checksum, with no key: on a mount (root only) or an
+    /// unmounted image or device. Each bad sector is listed with the files and offsets that
+    /// hold it; exit status 1 when anything is wrong.
+    Scrub {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// A path on a cowcrypt mount, or an image file or block device that is not mounted.
+        target: PathBuf,
     },
     /// Grow or shrink a filesystem that is not mounted.
     ///
@@ -256,6 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             dest,
         } => reflink::run(&source, &dest, range.map(|r| (r[0], r[1], r[2])))?,
         Command::Du { json, paths } => space::du(&paths, json)?,
+        Command::Scrub { json, target } => scrub::run(&target, json)?,
         Command::Df { json, mount } => space::df(&mount, json)?,
         Command::Subvolume(c) => match c {
             SubvolumeCommand::Create { path } => subvolume::create(&path)?,

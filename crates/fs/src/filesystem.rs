@@ -14,6 +14,7 @@ use crate::check::FsckReport;
 use crate::error::{Error, Result};
 use crate::inspect::Inspection;
 use crate::items::{self, FileExtent, InodeItem, ROOT_OBJECTID, SubvolInfo, ty};
+use crate::scrub::ScrubReport;
 use crate::state::{State, TREE, objectid};
 use crate::subvol::{SubvolumeEntry, SubvolumeList};
 use crate::types::{
@@ -609,6 +610,13 @@ impl Filesystem {
         }
         progress(total, total);
         Ok(report)
+    }
+
+    /// Reads every tree node and every data extent back against its checksums (no key needed)
+    /// and reports each bad sector with the files and offsets that hold it.
+    /// `progress(data bytes verified, data bytes in use)`.
+    pub fn scrub(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<ScrubReport> {
+        self.op(|s| s.scrub(progress))
     }
 
     /// Bytes of file `ino`, or of every file under directory `ino`: total, exclusive and

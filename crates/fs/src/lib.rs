@@ -40,6 +40,7 @@ mod inspect;
 pub mod items;
 mod namei;
 mod perm;
+pub mod scrub;
 mod state;
 mod subvol;
 mod types;
@@ -51,6 +52,7 @@ pub use check::FsckReport;
 pub use error::{Error, Result};
 pub use filesystem::Filesystem;
 pub use inspect::{EntryInfo, ExtentInfo, InodeInfo, Inspection, SubvolumeInfo};
+pub use scrub::ScrubReport;
 pub use store::ResizeReport;
 pub use subvol::{SubvolumeEntry, SubvolumeList};
 pub use types::{

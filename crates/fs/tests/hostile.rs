@@ -178,3 +178,92 @@ fn damaged_file_data_is_a_check_fault_and_a_read_error() {
     assert_eq!(errno(fs.read(f, h, 4096, 4096)), libc::EIO);
     fs.release(f, h).unwrap();
 }
+
+/// Scrub finds a damaged data sector and names every file holding it (through a reflink and in
+/// a subvolume), and finds a damaged tree node; a clean filesystem scrubs clean.
+#[test]
+fn scrub_names_files_of_bad_sectors_and_finds_bad_nodes() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let sv = fs.subvolume_create(ROOT_INO, b"sv", 0o755, &c).unwrap();
+    let d = fs.mkdir(sv.ino, b"dir", 0o755, &c).unwrap();
+    let f = put(&fs, d.ino, b"f", &pattern(5 * 4096, 4), &c);
+    let (g, gh) = fs.create(ROOT_INO, b"g", 0o644, rw(), &c).unwrap();
+    let fh = fs.open(f, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    fs.copy_file_range(f, fh, 0, g.ino, gh, 4096, 5 * 4096, &c)
+        .unwrap();
+    fs.release(f, fh).unwrap();
+    fs.release(g.ino, gh).unwrap();
+    fs.sync().unwrap();
+    let clean = fs.scrub(&mut |_, _| {}).unwrap();
+    assert!(clean.is_clean(), "{clean:?}");
+    assert!(clean.data_extents >= 1 && clean.metadata_nodes > 0);
+    let ins = fs.inspect().unwrap();
+    let ext = ins
+        .subvolumes
+        .iter()
+        .flat_map(|s| s.inodes.iter())
+        .find(|i| i.ino == f)
+        .unwrap()
+        .extents[0]
+        .clone();
+    fs.unmount().unwrap();
+    let at = ext.physical.unwrap() + 3 * 4096 + 100;
+    let mut b = [0u8; 1];
+    dev.read_at(&mut b, at).unwrap();
+    b[0] ^= 1;
+    dev.write_at(&b, at).unwrap();
+    let fs = Filesystem::open_device(dev.clone(), &opts()).unwrap();
+    let r = fs.scrub(&mut |_, _| {}).unwrap();
+    assert_eq!(r.bad_sectors, 1, "{r:?}");
+    let spots: Vec<(String, u64)> = r.bad[0]
+        .files
+        .iter()
+        .map(|s| (s.path.clone(), s.offset))
+        .collect();
+    assert_eq!(
+        spots
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [
+            ("sv/dir/f".to_string(), 3 * 4096),
+            ("g".to_string(), 4 * 4096)
+        ]
+        .into_iter()
+        .collect()
+    );
+    fs.unmount().unwrap();
+    // Now a tree node: the root of subvolume "sv" (tree 257), which opening never reads.
+    let store = Store::open(dev.clone()).unwrap();
+    let item = store
+        .read()
+        .get(
+            store::tree_id::ROOT_TREE,
+            &Key::new(
+                store::tree_id::FIRST_SUBVOL_TREE + 1,
+                store::item_type::ROOT_ITEM,
+                0,
+            ),
+        )
+        .unwrap()
+        .unwrap();
+    let root_node = store::RootItem::decode(&item).unwrap().root;
+    let node_at = store
+        .chunk_map()
+        .to_physical(root_node.bytenr, 4096)
+        .unwrap();
+    drop(store);
+    let mut b = [0u8; 1];
+    dev.read_at(&mut b, node_at + 200).unwrap();
+    b[0] ^= 0x80;
+    dev.write_at(&b, node_at + 200).unwrap();
+    let ro = cowfs::OpenOptions {
+        read_only: true,
+        ..opts()
+    };
+    let fs = Filesystem::open_device(dev, &ro).unwrap();
+    let r = fs.scrub(&mut |_, _| {}).unwrap();
+    assert!(!r.metadata_errors.is_empty(), "{r:?}");
+    assert!(!r.is_clean());
+}
