@@ -627,3 +627,66 @@ fn the_frame_is_checked_by_the_daemon() {
     unmount(m);
     fsck_clean(&s.image);
 }
+
+#[test]
+fn a_daemon_killed_after_snapshot_and_delete_keeps_both_and_resumes_the_release() {
+    if !can_mount() {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    let s = scratch("128M");
+    let d = s.dir.clone();
+    // Foreground, so the test holds the daemon and can SIGKILL it.
+    let mut child = cowcrypt()
+        .args(["mount", "-f"])
+        .arg(&s.image)
+        .arg(&d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let m = Mounted {
+        dir: d.clone(),
+        image: s.image.clone(),
+    };
+    let start = Instant::now();
+    while !is_mounted(&d) {
+        assert!(start.elapsed() < Duration::from_secs(30), "mount not live");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run_ok(&["subvolume", "create"], &[&d.join("a")]);
+    fs::write(d.join("a/big"), vec![3u8; 16 << 20]).unwrap();
+    run_ok(
+        &["subvolume", "snapshot", "-r"],
+        &[&d.join("a"), &d.join("snap")],
+    );
+    run_ok(&["subvolume", "create"], &[&d.join("gone")]);
+    fs::write(d.join("gone/big"), vec![5u8; 16 << 20]).unwrap();
+    ok(Command::new("sync").output().unwrap(), "sync");
+    let before = free_bytes(&d);
+    run_ok(&["subvolume", "delete"], &[&d.join("gone")]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(
+        Command::new("umount").arg(&d).output().unwrap(),
+        "umount of a dead mount",
+    );
+    drop(m);
+    // Snapshot and delete were durable when the commands returned.
+    fsck_clean(&s.image);
+    let m = mount(&s);
+    assert!(!d.join("gone").exists());
+    assert_eq!(fs::read(d.join("snap/big")).unwrap(), vec![3u8; 16 << 20]);
+    let list = list_json(&d);
+    let paths: Vec<&str> = list["subvolumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["", "a", "snap"], "{list}");
+    wait_deleted(&d);
+    assert!(free_bytes(&d) >= before + 15 * MIB);
+    unmount(m);
+    fsck_clean(&s.image);
+}
