@@ -152,6 +152,16 @@ fn wait_for_deletions(mount: &Path) -> Result<()> {
     }
 }
 
+/// `subvolume set-read-only [--off] PATH`.
+pub fn set_read_only(path: &Path, read_only: bool) -> Result<()> {
+    control::call(path, &Request::SubvolumeSetReadOnly { read_only })
+        .and_then(done)
+        .with_context(|| format!("cannot change the read-only flag of {}", path.display()))?;
+    let now = if read_only { "read-only" } else { "writable" };
+    println!("{} is {now}", path.display());
+    Ok(())
+}
+
 /// `subvolume show PATH [--json]`: the subvolume PATH is in.
 pub fn show(path: &Path, json: bool) -> Result<()> {
     let s = control::call(path, &Request::SubvolumeShow)

@@ -286,6 +286,22 @@ fn subvolume_commands_snapshots_and_read_only() {
         erofs
     );
     assert_eq!(fs::read(ro.join("f")).unwrap(), b"origin");
+    // The flag can be cleared and set again.
+    run_ok(&["subvolume", "set-read-only", "--off"], &[&ro]);
+    fs::write(ro.join("x"), b"now writable").unwrap();
+    run_ok(&["subvolume", "set-read-only"], &[&ro]);
+    assert_eq!(errno_of(fs::remove_file(ro.join("x"))), erofs);
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().append(true).open(ro.join("x"))),
+        erofs
+    );
+    // Only on a subvolume's top directory.
+    let out = cowcrypt()
+        .args(["subvolume", "set-read-only"])
+        .arg(a.join("dir"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 
     // Renames and links across subvolumes are EXDEV.
     assert_eq!(errno_of(fs::rename(a.join("f"), d.join("f"))), libc::EXDEV);
