@@ -341,13 +341,15 @@ fn subvolume_commands_snapshots_and_read_only() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("not empty"), "{err}");
+    assert!(err.contains("holds other subvolumes"), "{err}");
     let out = cowcrypt()
         .args(["subvolume", "delete"])
         .arg(a.join("dir"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dir is not a subvolume"), "{err}");
     run_ok(&["subvolume", "delete"], &[&a.join("nested")]);
     run_ok(&["subvolume", "delete"], &[&a]);
     run_ok(&["subvolume", "delete"], &[&ro]);
