@@ -123,6 +123,8 @@ enum SubvolumeCommand {
         path: PathBuf,
     },
     /// List the subvolumes of a mounted filesystem, and the deletions still freeing space.
+    ///
+    /// Root sees every subvolume; other users see the top one and those they own.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]

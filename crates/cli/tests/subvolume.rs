@@ -553,6 +553,10 @@ fn the_caller_of_a_control_request_is_the_user_who_sent_it() {
     assert!(made, "{text}");
     let (listed, text) = cowcrypt_as_nobody(&["subvolume", "list"], &s.dir, &[]);
     assert!(listed && text.contains("open/snap"), "{text}");
+    // Root's subvolume is not listed for them (its path could name hidden directories).
+    assert!(!text.contains("open/roots"), "{text}");
+    let out = run_ok(&["subvolume", "list"], &[&s.dir]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("open/roots"));
 
     // Root's subvolume: neither snapshot nor delete, though the directory is open to all.
     let (done, text) =
