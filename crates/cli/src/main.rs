@@ -2,6 +2,7 @@
 //! library, and turns every error into one clear line and exit status 1 (argument errors
 //! included: clap's several-line messages are folded into one).
 
+mod balance;
 mod control;
 mod image;
 mod mount;
@@ -68,6 +69,21 @@ enum Command {
     /// Manage subvolumes of a mounted filesystem.
     #[command(subcommand)]
     Subvolume(SubvolumeCommand),
+    /// Move data out of little-used chunks so free space gathers in whole empty chunks.
+    ///
+    /// On a mount (any path inside it; root only) the daemon does it while the filesystem
+    /// stays in use; on an image or device that is not mounted, it is done directly. Extents
+    /// move whole and as stored: encrypted data needs no key, and sharing between snapshots
+    /// and reflinks is kept. A crash at any point loses nothing. `cowcrypt resize` can then
+    /// give the empty chunks back.
+    Balance {
+        /// Only chunks with at most this percentage in use (default 100: every chunk).
+        #[arg(long, value_name = "PERCENT", default_value_t = 100,
+              value_parser = clap::value_parser!(u8).range(0..=100))]
+        usage: u8,
+        /// A path on a cowcrypt mount, or an image file or block device that is not mounted.
+        target: PathBuf,
+    },
     /// Grow or shrink a filesystem that is not mounted.
     ///
     /// Growing extends the image file (a block device must already be that large) and adds
@@ -212,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fsck { image } => offline::fsck(&image)?,
         Command::Inspect { json, image } => offline::inspect(&image, json)?,
         Command::Resize { image, size } => offline::resize(&image, size)?,
+        Command::Balance { usage, target } => balance::run(&target, usage)?,
         Command::Subvolume(c) => match c {
             SubvolumeCommand::Create { path } => subvolume::create(&path)?,
             SubvolumeCommand::Snapshot {

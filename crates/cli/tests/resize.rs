@@ -85,3 +85,43 @@ fn shrink_and_grow_an_image_keep_every_byte() {
     mount.unmount().expect("unmount");
     CowcryptMount::fsck(bin, &image).expect("fsck after grow");
 }
+
+#[test]
+fn balance_on_a_mount_then_offline_keeps_every_byte() {
+    if !mount_tests_can_run("balance_on_a_mount_then_offline_keeps_every_byte") {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
+    if !binary_can_mount(bin, "balance_on_a_mount_then_offline_keeps_every_byte") {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("cowcrypt-balance.")
+        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
+        .expect("scratch dir");
+    let image = tmp.path().join("balance.img");
+    let dir = tmp.path().join("mnt");
+    let log = tmp.path().join("daemon.log");
+    CowcryptMount::mkfs(bin, &image, "512M").expect("mkfs");
+    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    for i in 0..12u8 {
+        std::fs::write(dir.join(format!("f{i}")), data(20 << 20, i)).expect("write");
+    }
+    for i in (0..12u8).step_by(2) {
+        std::fs::remove_file(dir.join(format!("f{i}"))).expect("unlink");
+    }
+    let out = cowcrypt(bin, &["balance", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains(" 0 emptied"), "{said}");
+    let bad = cowcrypt(bin, &["balance", "--usage", "101", dir.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    for i in (1..12u8).step_by(2) {
+        let got = std::fs::read(dir.join(format!("f{i}"))).expect("read");
+        assert!(got == data(20 << 20, i), "f{i} after balance");
+    }
+    mount.unmount().expect("unmount");
+    let offline = cowcrypt(bin, &["balance", image.to_str().unwrap()]);
+    assert!(offline.status.success(), "{offline:?}");
+    CowcryptMount::fsck(bin, &image).expect("fsck after balance");
+}

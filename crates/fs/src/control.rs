@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::{Caller, Filesystem, Ino, SubvolumeEntry};
+use crate::{BalanceReport, Caller, Filesystem, Ino, SubvolumeEntry};
 
 /// Version of the envelope and of the meaning of its requests and responses. A daemon answers
 /// a frame of another version with EPROTO, so an old CLI against a new daemon fails clearly.
@@ -63,6 +63,8 @@ pub enum Request {
     SubvolumeDelete { name: Vec<u8> },
     /// Sets or clears the read-only flag of the subvolume whose root directory is here.
     SubvolumeSetReadOnly { read_only: bool },
+    /// Empties data chunks with at most `usage` percent in use (root only); answers when done.
+    Balance { usage: u8 },
 }
 
 /// The answer to a [`Request`]; errors travel as an errno instead.
@@ -88,6 +90,8 @@ pub enum Response {
     },
     /// One subvolume (show, create, snapshot).
     Subvolume(SubvolumeEntry),
+    /// What a balance did.
+    Balance(BalanceReport),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -218,6 +222,13 @@ impl Filesystem {
             Request::SubvolumeSetReadOnly { read_only } => {
                 self.subvolume_set_read_only(ino, read_only, c)?;
                 Ok(Response::Done)
+            }
+            Request::Balance { usage } => {
+                // It rewrites every subvolume's items: an administrator's act, as on btrfs.
+                if c.uid != 0 {
+                    return Err(Error::Perm);
+                }
+                Ok(Response::Balance(self.balance(usage, &mut |_, _| {})?))
             }
         }
     }

@@ -64,7 +64,7 @@ impl State {
     }
 
     /// Writes a new extent's bytes and records their checksums.
-    fn write_extent(&mut self, bytenr: u64, buf: &[u8]) -> Result<()> {
+    pub(crate) fn write_extent(&mut self, bytenr: u64, buf: &[u8]) -> Result<()> {
         let csums = self.txn()?.data_io()?.write(bytenr, 0, buf, None)?;
         for (i, group) in csums.chunks(CSUMS_PER_ITEM as usize).enumerate() {
             let key = Key::new(bytenr, ty::DATA_CSUM, i as u64 * CSUM_SPAN);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use store::{BlockDevice, DataRefs, FileDevice, ItemDataRef, Key, ResizeReport, Store};
 
+use crate::balance::BalanceReport;
 use crate::check::FsckReport;
 use crate::error::{Error, Result};
 use crate::inspect::Inspection;
@@ -584,6 +585,41 @@ impl Filesystem {
     /// Sets or clears the read-only flag of the subvolume whose root is `ino` (root only).
     pub fn subvolume_set_read_only(&self, ino: Ino, read_only: bool, c: &Caller) -> Result<()> {
         self.op(|s| s.subvolume_set_read_only(objectid(ino)?, read_only, c))
+    }
+
+    /// Empties data chunks with at most `usage_percent` of them in use (100: every chunk that
+    /// holds data) by moving their extents, as stored, into other chunks; sharing between
+    /// files, snapshots and reflinks is kept. Each chunk is committed on its own; other
+    /// operations run between chunks. `progress(bytes moved, bytes to move)`.
+    pub fn balance(
+        &self,
+        usage_percent: u8,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<BalanceReport> {
+        if usage_percent > 100 {
+            return Err(Error::Invalid("usage is a percentage (0 to 100)"));
+        }
+        let targets = self.op(|s| s.balance_targets(usage_percent))?;
+        let total: u64 = targets.iter().map(|t| t.used).sum();
+        let mut report = BalanceReport {
+            chunks_considered: targets.len(),
+            ..BalanceReport::default()
+        };
+        progress(0, total);
+        // Chunks that took moved data are not emptied again.
+        let mut keep = std::collections::BTreeSet::new();
+        for t in targets {
+            if keep.contains(&t.logical) {
+                continue;
+            }
+            self.op(|s| {
+                s.balance_chunk(t, &mut keep, &mut report)?;
+                s.commit()
+            })?;
+            progress(report.bytes_moved.min(total), total);
+        }
+        progress(total, total);
+        Ok(report)
     }
 
     /// Releases space of deleted subvolumes until none is left (the commit thread does the

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+mod balance;
 mod check;
 pub mod control;
 mod data;
@@ -44,6 +45,7 @@ mod subvol;
 mod types;
 mod xattr;
 
+pub use balance::BalanceReport;
 pub use check::FsckReport;
 pub use error::{Error, Result};
 pub use filesystem::Filesystem;

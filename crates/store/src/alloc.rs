@@ -343,6 +343,11 @@ impl Allocator {
         self.excluded.insert(logical);
     }
 
+    /// Lets allocations use every chunk again.
+    pub fn clear_excluded(&mut self) {
+        self.excluded.clear();
+    }
+
     /// Whether no byte of the chunk at `logical` is in use (all free, none pinned).
     pub fn chunk_unused(&self, logical: u64) -> bool {
         self.chunks

@@ -828,6 +828,34 @@ impl<'a> WriteTxn<'a> {
         self.use_reserve = true;
     }
 
+    /// Every chunk with its space figures as this transaction sees them (for balance).
+    pub fn chunk_usage(&self) -> Vec<(ChunkMapping, SpaceStats)> {
+        self.alloc
+            .chunks()
+            .map(|c| {
+                (
+                    c.mapping,
+                    SpaceStats {
+                        total: c.mapping.length,
+                        free: c.free.total(),
+                        pinned: c.pinned.total(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Keeps every allocation of this transaction out of the chunk at `logical` (balance empties
+    /// it). Undo with [`WriteTxn::clear_excluded_chunks`] before committing.
+    pub fn exclude_chunk(&mut self, logical: u64) {
+        self.alloc.exclude(logical);
+    }
+
+    /// Lets allocations use every chunk again.
+    pub fn clear_excluded_chunks(&mut self) {
+        self.alloc.clear_excluded();
+    }
+
     fn add_delayed(&mut self, bytenr: u64, generation: u64, level: u8, delta: i64) {
         let e = self.delayed.entry(bytenr).or_insert(DelayedRef {
             delta: 0,
