@@ -2,8 +2,8 @@
 //! path (any file or directory in the mount) and returns its [`Response`]. The frame is
 //! docs/CONTROL.md's: one `_IOWR('C', 1, [u8; 16383])` ioctl, request in, response out.
 
-use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -12,7 +12,18 @@ use cowfs::control::{FRAME_SIZE, IOCTL_CMD, Request, Response};
 /// Sends `req` to the cowcrypt mount holding `path` and waits for the answer. An errno from the
 /// daemon, or a path that is not on a cowcrypt mount, becomes a one-line error.
 pub fn call(path: &Path, req: &Request) -> Result<Response> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // Only files and directories: a device node would take the ioctl to its driver, and a
+    // FIFO would block the open.
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot find {}", path.display()))?;
+    if !meta.is_file() && !meta.is_dir() {
+        bail!("{} is not a file or directory", path.display());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
     let frame = req
         .encode()
         .context("request too large for the control channel")?;

@@ -172,7 +172,18 @@ enum SubvolumeCommand {
         /// The subvolume's top directory.
         path: PathBuf,
     },
+    /// Make a subvolume read-only (writes into it fail with EROFS), or writable again with
+    /// --off (root only, as btrfs's `property set PATH ro`).
+    SetReadOnly {
+        /// Make it writable again.
+        #[arg(long)]
+        off: bool,
+        /// The subvolume's top directory.
+        path: PathBuf,
+    },
     /// List the subvolumes of a mounted filesystem, and the deletions still freeing space.
+    ///
+    /// Root sees every subvolume; other users see the top one and those they own.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -277,6 +288,7 @@ fn run(cli: Cli) -> Result<()> {
                 dest,
             } => subvolume::snapshot(&source, &dest, read_only)?,
             SubvolumeCommand::Delete { wait, path } => subvolume::delete(&path, wait)?,
+            SubvolumeCommand::SetReadOnly { off, path } => subvolume::set_read_only(&path, !off)?,
             SubvolumeCommand::List { json, mount } => subvolume::list(&mount, json)?,
             SubvolumeCommand::Show { json, path } => subvolume::show(&path, json)?,
         },

@@ -37,6 +37,26 @@ fn split(path: &Path) -> Result<(PathBuf, Vec<u8>)> {
     Ok((dir, name.as_bytes().to_vec()))
 }
 
+/// The errno a failed request came back with, if that is what failed.
+fn errno(e: &anyhow::Error) -> Option<i32> {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(|e| e.raw_os_error())
+}
+
+/// Says in the domain's words what the errnos that mean something special here mean.
+fn explain(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    match errno(&e) {
+        Some(libc::EINVAL) => anyhow::anyhow!("{} is not a subvolume", path.display()),
+        Some(libc::EBUSY) => anyhow::anyhow!("files in {} are open", path.display()),
+        Some(libc::ENOTEMPTY) => anyhow::anyhow!(
+            "{} holds other subvolumes: delete them first",
+            path.display()
+        ),
+        _ => e,
+    }
+}
+
 fn subvolume(r: Response) -> Result<SubvolumeEntry> {
     match r {
         Response::Subvolume(s) => Ok(s),
@@ -99,6 +119,10 @@ pub fn snapshot(source: &Path, dest: &Path, read_only: bool) -> Result<()> {
     };
     let s = control::call(&dir, &req)
         .and_then(subvolume)
+        .map_err(|e| match errno(&e) {
+            Some(libc::EINVAL) => explain(e, source),
+            _ => e,
+        })
         .with_context(what)?;
     let at = dir.join(OsStr::from_bytes(&name));
     let ro = if read_only { "read-only " } else { "" };
@@ -117,6 +141,7 @@ pub fn delete(path: &Path, wait: bool) -> Result<()> {
     let (dir, name) = split(path)?;
     control::call(&dir, &Request::SubvolumeDelete { name })
         .and_then(done)
+        .map_err(|e| explain(e, path))
         .with_context(|| format!("cannot delete subvolume {}", path.display()))?;
     if !wait {
         println!(
@@ -150,6 +175,17 @@ fn wait_for_deletions(mount: &Path) -> Result<()> {
         p.set(*total - left, *total);
         std::thread::sleep(POLL);
     }
+}
+
+/// `subvolume set-read-only [--off] PATH`.
+pub fn set_read_only(path: &Path, read_only: bool) -> Result<()> {
+    control::call(path, &Request::SubvolumeSetReadOnly { read_only })
+        .and_then(done)
+        .map_err(|e| explain(e, path))
+        .with_context(|| format!("cannot change the read-only flag of {}", path.display()))?;
+    let now = if read_only { "read-only" } else { "writable" };
+    println!("{} is {now}", path.display());
+    Ok(())
 }
 
 /// `subvolume show PATH [--json]`: the subvolume PATH is in.

@@ -286,6 +286,22 @@ fn subvolume_commands_snapshots_and_read_only() {
         erofs
     );
     assert_eq!(fs::read(ro.join("f")).unwrap(), b"origin");
+    // The flag can be cleared and set again.
+    run_ok(&["subvolume", "set-read-only", "--off"], &[&ro]);
+    fs::write(ro.join("x"), b"now writable").unwrap();
+    run_ok(&["subvolume", "set-read-only"], &[&ro]);
+    assert_eq!(errno_of(fs::remove_file(ro.join("x"))), erofs);
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().append(true).open(ro.join("x"))),
+        erofs
+    );
+    // Only on a subvolume's top directory.
+    let out = cowcrypt()
+        .args(["subvolume", "set-read-only"])
+        .arg(a.join("dir"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 
     // Renames and links across subvolumes are EXDEV.
     assert_eq!(errno_of(fs::rename(a.join("f"), d.join("f"))), libc::EXDEV);
@@ -325,13 +341,15 @@ fn subvolume_commands_snapshots_and_read_only() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("not empty"), "{err}");
+    assert!(err.contains("holds other subvolumes"), "{err}");
     let out = cowcrypt()
         .args(["subvolume", "delete"])
         .arg(a.join("dir"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dir is not a subvolume"), "{err}");
     run_ok(&["subvolume", "delete"], &[&a.join("nested")]);
     run_ok(&["subvolume", "delete"], &[&a]);
     run_ok(&["subvolume", "delete"], &[&ro]);
@@ -535,6 +553,10 @@ fn the_caller_of_a_control_request_is_the_user_who_sent_it() {
     assert!(made, "{text}");
     let (listed, text) = cowcrypt_as_nobody(&["subvolume", "list"], &s.dir, &[]);
     assert!(listed && text.contains("open/snap"), "{text}");
+    // Root's subvolume is not listed for them (its path could name hidden directories).
+    assert!(!text.contains("open/roots"), "{text}");
+    let out = run_ok(&["subvolume", "list"], &[&s.dir]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("open/roots"));
 
     // Root's subvolume: neither snapshot nor delete, though the directory is open to all.
     let (done, text) =
@@ -624,6 +646,69 @@ fn the_frame_is_checked_by_the_daemon() {
         Err(libc::ENOENT)
     );
     assert!(s.dir.join("plain").is_dir());
+    unmount(m);
+    fsck_clean(&s.image);
+}
+
+#[test]
+fn a_daemon_killed_after_snapshot_and_delete_keeps_both_and_resumes_the_release() {
+    if !can_mount() {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    let s = scratch("128M");
+    let d = s.dir.clone();
+    // Foreground, so the test holds the daemon and can SIGKILL it.
+    let mut child = cowcrypt()
+        .args(["mount", "-f"])
+        .arg(&s.image)
+        .arg(&d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let m = Mounted {
+        dir: d.clone(),
+        image: s.image.clone(),
+    };
+    let start = Instant::now();
+    while !is_mounted(&d) {
+        assert!(start.elapsed() < Duration::from_secs(30), "mount not live");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run_ok(&["subvolume", "create"], &[&d.join("a")]);
+    fs::write(d.join("a/big"), vec![3u8; 16 << 20]).unwrap();
+    run_ok(
+        &["subvolume", "snapshot", "-r"],
+        &[&d.join("a"), &d.join("snap")],
+    );
+    run_ok(&["subvolume", "create"], &[&d.join("gone")]);
+    fs::write(d.join("gone/big"), vec![5u8; 16 << 20]).unwrap();
+    ok(Command::new("sync").output().unwrap(), "sync");
+    let before = free_bytes(&d);
+    run_ok(&["subvolume", "delete"], &[&d.join("gone")]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(
+        Command::new("umount").arg(&d).output().unwrap(),
+        "umount of a dead mount",
+    );
+    drop(m);
+    // Snapshot and delete were durable when the commands returned.
+    fsck_clean(&s.image);
+    let m = mount(&s);
+    assert!(!d.join("gone").exists());
+    assert_eq!(fs::read(d.join("snap/big")).unwrap(), vec![3u8; 16 << 20]);
+    let list = list_json(&d);
+    let paths: Vec<&str> = list["subvolumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["", "a", "snap"], "{list}");
+    wait_deleted(&d);
+    assert!(free_bytes(&d) >= before + 15 * MIB);
     unmount(m);
     fsck_clean(&s.image);
 }

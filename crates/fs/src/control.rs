@@ -200,7 +200,7 @@ impl Filesystem {
                 program: env!("CARGO_PKG_VERSION").to_owned(),
             }),
             Request::SubvolumeList { after } => {
-                let list = self.subvolume_list()?;
+                let list = self.subvolume_list_for(c)?;
                 let page: Vec<SubvolumeEntry> = list
                     .subvolumes
                     .into_iter()

@@ -567,6 +567,18 @@ impl Filesystem {
         self.op(|s| s.subvolume_list())
     }
 
+    /// The subvolumes `c` may know of: every one for root; for anyone else the top subvolume
+    /// and those whose root directory they own (a subvolume's path names directories the
+    /// caller may have no right to search; btrfs lists for root only).
+    pub fn subvolume_list_for(&self, c: &Caller) -> Result<SubvolumeList> {
+        let mut list = self.subvolume_list()?;
+        if c.uid != 0 {
+            list.subvolumes
+                .retain(|s| s.id == 0 || self.getattr(s.ino).is_ok_and(|a| a.uid == c.uid));
+        }
+        Ok(list)
+    }
+
     /// The subvolume that inode `ino` belongs to.
     pub fn subvolume_show(&self, ino: Ino) -> Result<SubvolumeEntry> {
         self.op(|s| s.subvolume_show(objectid(ino)?))

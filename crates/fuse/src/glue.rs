@@ -39,6 +39,10 @@ const MAX_WRITE: u32 = 1 << 20;
 /// Longest copy_file_range answered at once: the reply's count is 32 bits; whole pages.
 const MAX_COPY: u32 = 0xffff_f000;
 
+/// Longest a control request's answer waits for the kernel's cache of the directory it changed
+/// to be dropped (see `Adapter::directory_changed`).
+const INVALIDATION_WAIT: Duration = Duration::from_millis(500);
+
 /// Entries asked of cowfs per readdir batch; the kernel's reply buffer decides how many are sent.
 const DIR_BATCH: usize = 128;
 
@@ -295,12 +299,16 @@ impl Adapter {
     }
 
     /// Drops the kernel's cached attributes of directory `parent` and, if given, its dentry of
-    /// the removed name, for a change made through the control channel. Sent from its own
-    /// thread: from inside a callback it can deadlock with one worker.
+    /// the removed name, for a change made through the control channel, before the request is
+    /// answered, so the caller never sees the old entry afterwards. Sent from its own thread
+    /// and waited for at most [`INVALIDATION_WAIT`]: the kernel takes the directory's lock,
+    /// which another process may hold while it waits for a reply from this very worker; then
+    /// the answer goes first and the invalidation lands a moment later.
     fn directory_changed(&self, parent: INodeNo, removed: Option<Vec<u8>>) {
         let Some(n) = self.notifier.get().cloned() else {
             return;
         };
+        let (sent, done) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("cowcrypt-inval".into())
             .spawn(move || {
@@ -312,9 +320,15 @@ impl Adapter {
                 if let Err(e) = n.inval_inode(parent, -1, 0) {
                     tracing::debug!("invalidating attributes of {}: {e}", parent.0);
                 }
+                let _ = sent.send(());
             });
-        if let Err(e) = spawned {
-            tracing::warn!("no thread to invalidate a changed directory: {e}");
+        match spawned {
+            Ok(_) => {
+                if done.recv_timeout(INVALIDATION_WAIT).is_err() {
+                    tracing::debug!("invalidation in {} still waiting; answering", parent.0);
+                }
+            }
+            Err(e) => tracing::warn!("no thread to invalidate a changed directory: {e}"),
         }
     }
 
@@ -861,10 +875,10 @@ impl fuser::Filesystem for Adapter {
             .and_then(|r| r.encode());
         match answer {
             Ok(frame) => {
-                reply.ioctl(0, &frame);
                 if let Some(removed) = changed {
                     self.directory_changed(ino, removed);
                 }
+                reply.ioctl(0, &frame);
             }
             Err(e) => reply.error(errno(&e)),
         }
