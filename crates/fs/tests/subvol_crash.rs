@@ -1,5 +1,5 @@
-//! Crash safety of subvolume operations: create, snapshot, writes to origin and snapshot,
-//! delete (with the background release in several committed steps) run on a recording device.
+//! Crash safety of subvolume operations: create, snapshot, writes to origin and snapshot, a
+//! reflink across subvolumes, delete (with the background release in several committed steps) run on a recording device.
 //! Every image a crash could leave (prefixes, torn writes, reordered writes since the last
 //! flush) must open, pass check(), show the state of the last sync that returned or of the one
 //! in flight, and then finish any pending deletion with check() still clean.
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
-use cowfs::{Filesystem, ROOT_INO};
+use cowfs::{Filesystem, OpenFlags, ROOT_INO};
 use store::crash::{CrashOptions, RecordingDevice, crash_images};
 use store::{BlockDevice, MemDevice};
 
@@ -99,6 +99,19 @@ fn subvolume_operations_survive_every_crash() {
     set(&mut model, b"s1", b"f2", 200, b"snapshot");
     fs.unlink(s1.ino, b"f0", &c).unwrap();
     model.remove(&(b"s1".to_vec(), b"f0".to_vec()));
+    mark(&fs, &model);
+    // A reflink across subvolumes: a's f3 shared into s1 as "r".
+    let src = fs.lookup(a.ino, b"f3", &c).unwrap();
+    let sh = fs.open(src.ino, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    let (dst, dh) = fs.create(s1.ino, b"r", 0o644, rw(), &c).unwrap();
+    let n = fs
+        .copy_file_range(src.ino, sh, 0, dst.ino, dh, 0, 1 << 20, &c)
+        .unwrap();
+    fs.release(src.ino, sh).unwrap();
+    fs.release(dst.ino, dh).unwrap();
+    let f3 = model[&(b"a".to_vec(), b"f3".to_vec())].clone();
+    assert_eq!(n, f3.len() as u64);
+    model.insert((b"s1".to_vec(), b"r".to_vec()), f3);
     mark(&fs, &model);
     let _s2 = fs
         .subvolume_snapshot(s1.ino, ROOT_INO, b"s2", true, &c)

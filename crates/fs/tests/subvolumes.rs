@@ -235,8 +235,7 @@ fn random_snapshots_writes_reflinks_and_deletes_match_a_model() {
 
 fn random_round(seed: u64) {
     use std::collections::BTreeMap;
-    let dev = new_dev(64 * MIB);
-    Filesystem::mkfs(dev.clone(), &cowfs::MkfsOptions::default()).unwrap();
+    let dev = new_dev(256 * MIB);
     let fs = Filesystem::open_device(dev, &opts()).unwrap();
     let c = root();
     let mut rng = Rng(seed);
@@ -244,10 +243,11 @@ fn random_round(seed: u64) {
     let free_at_start = fs.statfs().unwrap().bfree;
     let mut subvols: Subvols = BTreeMap::new();
     let mut next = 0;
-    // Operations done per kind: create, write, snapshot, reflink, delete.
-    let mut done = [0usize; 5];
+    // Operations done per kind: create, write, snapshot, reflink, delete, balance.
+    let mut done = [0usize; 6];
+    let mut moved = 0;
     for step in 0..120 {
-        let op = rng.below(10);
+        let op = rng.below(11);
         let names: Vec<String> = subvols.keys().cloned().collect();
         if subvols.is_empty() || op == 0 {
             let name = format!("sv{next}");
@@ -265,8 +265,9 @@ fn random_round(seed: u64) {
             };
             let (dir, _, files) = subvols.get_mut(*name).unwrap();
             let f = rng.below(4) as u8;
-            let at = rng.below(40_000) as usize;
-            let len = 1 + rng.below(30_000) as usize;
+            // Up to 2 MiB per file, so data spreads over several chunks for balance to pack.
+            let at = rng.below(1 << 20) as usize;
+            let len = 1 + rng.below(1 << 20) as usize;
             let data = pattern(len, step as u8);
             let a = match fs.lookup(*dir, &fname(f), &c) {
                 Ok(a) => a,
@@ -333,22 +334,27 @@ fn random_round(seed: u64) {
             }
             v[off_out as usize..end].copy_from_slice(piece);
             done[3] += 1;
-        } else {
+        } else if op == 9 {
             let name = &names[rng.below(names.len() as u64) as usize];
             fs.subvolume_delete(ROOT_INO, name.as_bytes(), &c).unwrap();
             subvols.remove(name);
             done[4] += 1;
+        } else {
+            // Balance in between: extents move, every reference with them.
+            moved += fs.balance(100, &mut |_, _| {}).unwrap().extents_moved;
+            done[5] += 1;
         }
         if step % 10 == 9 {
             check_model(&fs, &subvols, seed, step);
         }
     }
     check_model(&fs, &subvols, seed, 120);
-    eprintln!("seed {seed:#x}: create, write, snapshot, reflink, delete: {done:?}");
+    eprintln!("seed {seed:#x}: create, write, snapshot, reflink, delete, balance: {done:?}");
     assert!(
         done.iter().all(|&n| n > 0),
         "seed {seed:#x}: every kind ran: {done:?}"
     );
+    assert!(moved > 0, "seed {seed:#x}: balances moved nothing");
     // Delete the rest in random order.
     let mut rest: Vec<String> = subvols.keys().cloned().collect();
     while !rest.is_empty() {
