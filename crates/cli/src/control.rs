@@ -24,10 +24,12 @@ pub fn call(path: &Path, req: &Request) -> Result<Response> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let frame = req
-        .encode()
-        .context("request too large for the control channel")?;
-    let mut buf = vec![0u8; FRAME_SIZE];
+    // A request may carry a master key: both buffers are wiped when they go.
+    let frame = zeroize::Zeroizing::new(
+        req.encode()
+            .context("request too large for the control channel")?,
+    );
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; FRAME_SIZE]);
     buf[..frame.len()].copy_from_slice(&frame);
     // SAFETY: the fd is open for the call's length; the ioctl number encodes FRAME_SIZE bytes
     // read and written, which is exactly the length of `buf`, so the kernel touches no memory

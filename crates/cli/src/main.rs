@@ -5,6 +5,7 @@
 mod balance;
 mod control;
 mod image;
+mod keys;
 mod mount;
 mod offline;
 mod progress;
@@ -228,6 +229,32 @@ enum KeyCommand {
         /// File holding the raw key; standard input when absent or "-".
         file: Option<PathBuf>,
     },
+    /// Add a raw master key to a mounted filesystem and print its identifier (claimed for
+    /// you, as FS_IOC_ADD_ENCRYPTION_KEY does; adding a removed key back restores it).
+    Add {
+        /// Any path on the mount.
+        mount: PathBuf,
+        /// File holding the raw key; standard input when absent or "-".
+        keyfile: Option<PathBuf>,
+    },
+    /// Remove your claim on a key (or, as root with --all-users, every claim). Reports when
+    /// other users still hold it, or when open files keep it incompletely removed.
+    Remove {
+        /// Any path on the mount.
+        mount: PathBuf,
+        /// The key's identifier (32 hex digits).
+        identifier: String,
+        /// Remove every user's claim (root only).
+        #[arg(long)]
+        all_users: bool,
+    },
+    /// Show a key's status: PRESENT, INCOMPLETELY_REMOVED or ABSENT, with its user count.
+    Status {
+        /// Any path on the mount.
+        mount: PathBuf,
+        /// The key's identifier (32 hex digits).
+        identifier: String,
+    },
 }
 
 /// Largest input read as a key: anything longer is an error, not a truncation.
@@ -259,6 +286,18 @@ fn run(cli: Cli) -> Result<()> {
             let raw = read_raw_key(file.as_ref())?;
             let key = fscrypt::MasterKey::from_raw(&raw).context("invalid master key")?;
             println!("{}", key.identifier());
+        }
+        Command::Key(KeyCommand::Add { mount, keyfile }) => {
+            let raw = read_raw_key(keyfile.as_ref())?;
+            keys::add(&mount, &raw)?;
+        }
+        Command::Key(KeyCommand::Remove {
+            mount,
+            identifier,
+            all_users,
+        }) => keys::remove(&mount, &identifier, all_users)?,
+        Command::Key(KeyCommand::Status { mount, identifier }) => {
+            keys::status(&mount, &identifier)?
         }
         Command::Mkfs { size, label, image } => offline::mkfs(&image, size, label)?,
         Command::Mount(a) => mount::run(mount::Request {

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::keys::{KeyRemoval, KeyStatusReport, RawKey, parse_identifier};
 use crate::{
     BalanceReport, Caller, DiskUsage, Filesystem, Ino, ScrubReport, SpaceReport, SubvolumeEntry,
 };
@@ -73,6 +74,12 @@ pub enum Request {
     Space,
     /// Verifies every checksum (root only); answers when done.
     Scrub,
+    /// FS_IOC_ADD_ENCRYPTION_KEY: a raw master key, claimed for the caller.
+    KeyAdd { key: RawKey },
+    /// FS_IOC_REMOVE_ENCRYPTION_KEY(_ALL_USERS) of the key with this identifier (32 hex digits).
+    KeyRemove { identifier: String, all_users: bool },
+    /// FS_IOC_GET_ENCRYPTION_KEY_STATUS.
+    KeyStatus { identifier: String },
 }
 
 /// The answer to a [`Request`]; errors travel as an errno instead.
@@ -103,6 +110,12 @@ pub enum Response {
     DiskUsage(DiskUsage),
     Space(SpaceReport),
     Scrub(ScrubReport),
+    /// The identifier of an added key (32 hex digits).
+    KeyAdded {
+        identifier: String,
+    },
+    KeyRemoved(KeyRemoval),
+    KeyStatus(KeyStatusReport),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -247,6 +260,20 @@ impl Filesystem {
                 Ok(Response::DiskUsage(self.disk_usage(ino)?))
             }
             Request::Space => Ok(Response::Space(self.space()?)),
+            Request::KeyAdd { key } => Ok(Response::KeyAdded {
+                identifier: self.add_key(&key.0, c)?.to_string(),
+            }),
+            Request::KeyRemove {
+                identifier,
+                all_users,
+            } => {
+                let id = parse_identifier(&identifier)?;
+                Ok(Response::KeyRemoved(self.remove_key(&id, all_users, c)?))
+            }
+            Request::KeyStatus { identifier } => {
+                let id = parse_identifier(&identifier)?;
+                Ok(Response::KeyStatus(self.key_status(&id, c)))
+            }
             Request::Scrub => {
                 // It reads every file's data and names paths anyone may not see: root only.
                 if c.uid != 0 {

@@ -48,6 +48,8 @@ pub enum Error {
     Loop,
     #[error("device or resource busy")]
     Busy,
+    #[error("quota exceeded")]
+    Quota,
     /// Encrypted data and no key to read it with (encryption arrives in a later issue).
     #[error("required key not available")]
     NoKey,
@@ -84,6 +86,7 @@ impl Error {
             Error::TooBig => libc::EFBIG,
             Error::TooManyLinks => libc::EMLINK,
             Error::Busy => libc::EBUSY,
+            Error::Quota => libc::EDQUOT,
             Error::NoData => libc::ENODATA,
             Error::Range => libc::ERANGE,
             Error::ValueTooBig => libc::E2BIG,

@@ -14,6 +14,7 @@ use crate::check::FsckReport;
 use crate::error::{Error, Result};
 use crate::inspect::Inspection;
 use crate::items::{self, FileExtent, InodeItem, ROOT_OBJECTID, SubvolInfo, ty};
+use crate::keys::{KeyRemoval, KeyStatusReport};
 use crate::scrub::ScrubReport;
 use crate::state::{State, TREE, objectid};
 use crate::subvol::{SubvolumeEntry, SubvolumeList};
@@ -61,6 +62,8 @@ impl Shared {
 pub struct Filesystem {
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
+    /// The master keys added to this filesystem (memory only, as the kernel's keyring).
+    keyring: fscrypt::keyring::Keyring,
 }
 
 impl Filesystem {
@@ -138,7 +141,11 @@ impl Filesystem {
                     })?,
             )
         };
-        Ok(Filesystem { shared, committer })
+        Ok(Filesystem {
+            shared,
+            committer,
+            keyring: fscrypt::keyring::Keyring::default(),
+        })
     }
 
     /// Makes a filesystem in a sparse image file of `size` bytes (created or truncated), or on
@@ -629,6 +636,34 @@ impl Filesystem {
     /// `progress(data bytes verified, data bytes in use)`.
     pub fn scrub(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<ScrubReport> {
         self.op(|s| s.scrub(progress))
+    }
+
+    // --- Keys ---------------------------------------------------------------------------------
+
+    /// FS_IOC_ADD_ENCRYPTION_KEY: adds a raw master key (16 to 64 bytes) with a claim for the
+    /// caller's uid and returns its identifier. Adding a removed key back restores it.
+    pub fn add_key(&self, raw: &[u8], c: &Caller) -> Result<fscrypt::KeyIdentifier> {
+        crate::keys::add_key(&self.keyring, raw, c)
+    }
+
+    /// FS_IOC_REMOVE_ENCRYPTION_KEY (`all_users`: `_ALL_USERS`, root only).
+    pub fn remove_key(
+        &self,
+        id: &fscrypt::KeyIdentifier,
+        all_users: bool,
+        c: &Caller,
+    ) -> Result<KeyRemoval> {
+        crate::keys::remove_key(&self.keyring, id, all_users, c)
+    }
+
+    /// FS_IOC_GET_ENCRYPTION_KEY_STATUS for the caller.
+    pub fn key_status(&self, id: &fscrypt::KeyIdentifier, c: &Caller) -> KeyStatusReport {
+        crate::keys::key_status(&self.keyring, id, c)
+    }
+
+    /// The keyring's own counters (keys, pins, derived keys alive), for tests and leak checks.
+    pub fn keyring_stats(&self) -> fscrypt::keyring::KeyringStats {
+        self.keyring.stats()
     }
 
     /// Bytes of file `ino`, or of every file under directory `ino`: total, exclusive and
