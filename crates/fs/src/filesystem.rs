@@ -62,8 +62,9 @@ impl Shared {
 pub struct Filesystem {
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
-    /// The master keys added to this filesystem (memory only, as the kernel's keyring).
-    keyring: fscrypt::keyring::Keyring,
+    /// The master keys added to this filesystem (memory only, as the kernel's keyring); the
+    /// state holds the same keyring to unlock files with.
+    keyring: Arc<fscrypt::keyring::Keyring>,
 }
 
 impl Filesystem {
@@ -141,10 +142,11 @@ impl Filesystem {
                     })?,
             )
         };
+        let keyring = shared.lock().keyring.clone();
         Ok(Filesystem {
             shared,
             committer,
-            keyring: fscrypt::keyring::Keyring::default(),
+            keyring,
         })
     }
 
@@ -664,6 +666,52 @@ impl Filesystem {
     /// The keyring's own counters (keys, pins, derived keys alive), for tests and leak checks.
     pub fn keyring_stats(&self) -> fscrypt::keyring::KeyringStats {
         self.keyring.stats()
+    }
+
+    /// FS_IOC_SET_ENCRYPTION_POLICY on directory `ino` (an empty one, or a subvolume's root,
+    /// empty or not: then every new extent in the subvolume is encrypted).
+    pub fn set_policy(&self, ino: Ino, policy: &[u8], c: &Caller) -> Result<()> {
+        let policy = fscrypt::PolicyV2::decode(policy).map_err(crate::crypt::crypt_error)?;
+        self.op(|s| s.set_policy(objectid(ino)?, policy, c))
+    }
+
+    /// FS_IOC_GET_ENCRYPTION_POLICY_EX: the 24-byte v2 policy in force for `ino` (ENODATA
+    /// when it is not encrypted).
+    pub fn get_policy(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.op(|s| match s.effective_policy(objectid(ino)?)? {
+            Some(p) => Ok(p.encode().to_vec()),
+            None => Err(Error::NoData),
+        })
+    }
+
+    /// Bytes of file data under `ino` (a file, or every file below a directory) still stored
+    /// as plaintext: what a subvolume turned encrypted has left from before.
+    pub fn plaintext_bytes(&self, ino: Ino) -> Result<u64> {
+        self.op(|s| {
+            s.flush_all_data()?;
+            let mut total = 0;
+            let mut stack = vec![objectid(ino)?];
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(o) = stack.pop() {
+                if !seen.insert(o) {
+                    continue;
+                }
+                match s.inode(o)?.kind {
+                    crate::FileKind::File => total += s.plaintext_bytes(o)?,
+                    crate::FileKind::Dir => {
+                        let mut after = 0;
+                        loop {
+                            let page = s.dir_entries(o, after, 512)?;
+                            let Some(last) = page.last() else { break };
+                            after = last.index;
+                            stack.extend(page.iter().map(|e| e.child));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(total)
+        })
     }
 
     /// Bytes of file `ino`, or of every file under directory `ino`: total, exclusive and

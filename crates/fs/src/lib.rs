@@ -31,6 +31,7 @@
 pub mod acl;
 mod balance;
 mod check;
+mod crypt;
 pub mod control;
 mod data;
 mod error;
