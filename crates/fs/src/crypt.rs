@@ -139,7 +139,11 @@ impl State {
     }
 
     /// The crypt state of a stored extent of `obj` from its context bytes.
-    pub(crate) fn stored_extent_crypt(&mut self, obj: u64, context: &[u8]) -> Result<ExtentCryptInfo> {
+    pub(crate) fn stored_extent_crypt(
+        &mut self,
+        obj: u64,
+        context: &[u8],
+    ) -> Result<ExtentCryptInfo> {
         let ctx = ExtentContext::decode(context)
             .map_err(|e| Error::corrupt(&Key::new(obj, ty::FILE_EXTENT, 0), e.to_string()))?;
         // The extent names its own key: that key, and its modes, whatever the inode's policy.

@@ -78,10 +78,12 @@ impl State {
         crypt: Option<&fscrypt::extent::ExtentCryptInfo>,
     ) -> Result<()> {
         let cipher = crypt.map(crate::crypt::ExtentCipher);
-        let csums = self
-            .txn()?
-            .data_io()?
-            .write(bytenr, 0, buf, cipher.as_ref().map(|c| c as &dyn store::DataCrypt))?;
+        let csums = self.txn()?.data_io()?.write(
+            bytenr,
+            0,
+            buf,
+            cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
+        )?;
         for (i, group) in csums.chunks(CSUMS_PER_ITEM as usize).enumerate() {
             let key = Key::new(bytenr, ty::DATA_CSUM, i as u64 * CSUM_SPAN);
             self.put_in(tree_id::CSUM_TREE, key, &items::encode_csums(group))?;
@@ -128,10 +130,13 @@ impl State {
         }
         let cipher = crypt.map(crate::crypt::ExtentCipher);
         let len = usize::try_from(len).map_err(|_| Error::Invalid("read too large"))?;
-        Ok(self
-            .txn()?
-            .data_io()?
-            .read(bytenr, offset, len, cipher.as_ref().map(|c| c as &dyn store::DataCrypt), Some(&expected))?)
+        Ok(self.txn()?.data_io()?.read(
+            bytenr,
+            offset,
+            len,
+            cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
+            Some(&expected),
+        )?)
     }
 
     // --- File extent items --------------------------------------------------------------------

@@ -31,8 +31,8 @@
 pub mod acl;
 mod balance;
 mod check;
-mod crypt;
 pub mod control;
+mod crypt;
 mod data;
 mod error;
 mod file;

@@ -18,10 +18,16 @@ const KEY: [u8; 64] = [0x5a; 64];
 const OTHER_KEY: [u8; 64] = [0x3c; 64];
 
 fn policy(id: &KeyIdentifier) -> Vec<u8> {
-    PolicyV2::new(ContentsMode::Aes256Xts, FilenamesMode::Aes256Cts, 0x02, 0, *id)
-        .unwrap()
-        .encode()
-        .to_vec()
+    PolicyV2::new(
+        ContentsMode::Aes256Xts,
+        FilenamesMode::Aes256Cts,
+        0x02,
+        0,
+        *id,
+    )
+    .unwrap()
+    .encode()
+    .to_vec()
 }
 
 /// A marker that must never reach the device in clear.
@@ -60,7 +66,10 @@ fn encrypted_directory_end_to_end() {
     let f = put(&fs, sub.ino, b"file", &body, &c);
     fs.sync().unwrap();
     assert_eq!(read_all(&fs, f, &c).unwrap(), body);
-    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"), "plaintext on the device");
+    assert!(
+        !device_has(&dev, b"MARKER-cowcrypt-plaintext-"),
+        "plaintext on the device"
+    );
     // Every extent has its own context; nonces never repeat.
     let ins = fs.inspect().unwrap();
     let contexts: Vec<String> = ins.subvolumes[0]
@@ -74,10 +83,16 @@ fn encrypted_directory_end_to_end() {
     assert_eq!(unique.len(), contexts.len());
 
     // Decrypt the first extent straight from the device with the fscrypt crate alone.
-    let inode = ins.subvolumes[0].inodes.iter().find(|i| i.ino == f).unwrap();
+    let inode = ins.subvolumes[0]
+        .inodes
+        .iter()
+        .find(|i| i.ino == f)
+        .unwrap();
     let e = &inode.extents[0];
     let ctx_bytes: Vec<u8> = (0..e.crypt_context.as_ref().unwrap().len() / 2)
-        .map(|i| u8::from_str_radix(&e.crypt_context.as_ref().unwrap()[2 * i..2 * i + 2], 16).unwrap())
+        .map(|i| {
+            u8::from_str_radix(&e.crypt_context.as_ref().unwrap()[2 * i..2 * i + 2], 16).unwrap()
+        })
         .collect();
     let ctx = fscrypt::extent::ExtentContext::decode(&ctx_bytes).unwrap();
     let mk = MasterKey::from_raw(&KEY).unwrap();
@@ -85,30 +100,53 @@ fn encrypted_directory_end_to_end() {
         .unwrap();
     let cipher = fscrypt::contents::ContentsCipher::new(ContentsMode::Aes256Xts, &key).unwrap();
     let mut raw = vec![0u8; 8192];
-    dev.read_at(&mut raw, e.physical.unwrap() + e.offset_in_extent).unwrap();
+    dev.read_at(&mut raw, e.physical.unwrap() + e.offset_in_extent)
+        .unwrap();
     cipher
         .decrypt_units(e.offset_in_extent / 4096, 4096, &mut raw)
         .unwrap();
-    assert_eq!(&raw[..], &body[e.file_offset as usize..e.file_offset as usize + 8192]);
+    assert_eq!(
+        &raw[..],
+        &body[e.file_offset as usize..e.file_offset as usize + 8192]
+    );
 
     // Policy rules, as the kernel's.
     let other = fs.add_key(&OTHER_KEY, &c).unwrap();
-    assert_eq!(errno(fs.set_policy(d.ino, &policy(&other), &c)), libc::EEXIST);
+    assert_eq!(
+        errno(fs.set_policy(d.ino, &policy(&other), &c)),
+        libc::EEXIST
+    );
     assert_eq!(errno(fs.set_policy(f, &policy(&id), &c)), libc::ENOTDIR);
     let full = fs.mkdir(ROOT_INO, b"full", 0o755, &c).unwrap();
     put(&fs, full.ino, b"x", b"x", &c);
-    assert_eq!(errno(fs.set_policy(full.ino, &policy(&id), &c)), libc::ENOTEMPTY);
+    assert_eq!(
+        errno(fs.set_policy(full.ino, &policy(&id), &c)),
+        libc::ENOTEMPTY
+    );
     let empty = fs.mkdir(ROOT_INO, b"empty", 0o777, &c).unwrap();
     let nokey = MasterKey::from_raw(&[9u8; 32]).unwrap().identifier();
-    assert_eq!(errno(fs.set_policy(empty.ino, &policy(&nokey), &c)), libc::ENOKEY);
+    assert_eq!(
+        errno(fs.set_policy(empty.ino, &policy(&nokey), &c)),
+        libc::ENOKEY
+    );
     let user = user(1000, 1000, &[]);
-    assert_eq!(errno(fs.set_policy(empty.ino, &policy(&id), &user)), libc::EACCES);
+    assert_eq!(
+        errno(fs.set_policy(empty.ino, &policy(&id), &user)),
+        libc::EACCES
+    );
 
     // Links and renames across policies, and reflinks of encrypted extents, are EXDEV.
     let plain = put(&fs, ROOT_INO, b"plain", b"plain bytes", &c);
     assert_eq!(errno(fs.link(plain, sub.ino, b"p", &c)), libc::EXDEV);
     assert_eq!(
-        errno(fs.rename(ROOT_INO, b"plain", sub.ino, b"p", RenameFlags::default(), &c)),
+        errno(fs.rename(
+            ROOT_INO,
+            b"plain",
+            sub.ino,
+            b"p",
+            RenameFlags::default(),
+            &c
+        )),
         libc::EXDEV
     );
     let (out, oh) = fs.create(ROOT_INO, b"out", 0o644, rw(), &c).unwrap();
@@ -134,11 +172,20 @@ fn encrypted_directory_end_to_end() {
     let h = fs.open(f, rw(), &c).unwrap();
     let r = fs.remove_key(&id, false, &c).unwrap();
     assert!(r.files_busy && !r.other_users, "{r:?}");
-    assert_eq!(fs.key_status(&id, &c).state, KeyPresence::IncompletelyRemoved);
+    assert_eq!(
+        fs.key_status(&id, &c).state,
+        KeyPresence::IncompletelyRemoved
+    );
     assert_eq!(fs.read(f, h, 0, 64).unwrap(), body[..64]);
     fs.write(f, h, 10, b"written while removing", &c).unwrap();
-    assert_eq!(errno(fs.open(f, OpenFlags(libc::O_RDONLY), &c)), libc::ENOKEY);
-    assert_eq!(errno(fs.create(sub.ino, b"new", 0o644, rw(), &c)), libc::ENOKEY);
+    assert_eq!(
+        errno(fs.open(f, OpenFlags(libc::O_RDONLY), &c)),
+        libc::ENOKEY
+    );
+    assert_eq!(
+        errno(fs.create(sub.ino, b"new", 0o644, rw(), &c)),
+        libc::ENOKEY
+    );
     fs.release(f, h).unwrap();
     // The last close drops the last pin: ABSENT, and no key derived from it is left.
     assert_eq!(fs.key_status(&id, &c).state, KeyPresence::Absent);
@@ -192,7 +239,11 @@ fn a_plaintext_snapshot_turned_encrypted_mixes_old_and_new_extents() {
     want[65536..65536 + 8192].copy_from_slice(&secret);
     assert_eq!(read_all(&fs, sf.ino, &c).unwrap(), want);
     assert_eq!(read_all(&fs, newf, &c).unwrap(), marked(20_000));
-    assert_eq!(read_all(&fs, f, &c).unwrap(), image, "the base is untouched");
+    assert_eq!(
+        read_all(&fs, f, &c).unwrap(),
+        image,
+        "the base is untouched"
+    );
     assert_eq!(fs.plaintext_bytes(snap.ino).unwrap(), before - 8192);
     // The old extents are still shared with the base.
     let du = fs.disk_usage(sf.ino).unwrap();
