@@ -84,6 +84,14 @@ pub enum Request {
     SetPolicy { policy: Vec<u8> },
     /// The policy in force here, and for a subvolume root how many bytes are still plaintext.
     GetPolicy,
+    /// Reflink into the file here from inode `source` (`len` none: all of it from `src_offset`,
+    /// the file here truncated first). Refusals (EXDEV across keys) come back as they are.
+    Reflink {
+        source: Ino,
+        src_offset: u64,
+        len: Option<u64>,
+        dest_offset: u64,
+    },
 }
 
 /// The answer to a [`Request`]; errors travel as an errno instead.
@@ -120,6 +128,10 @@ pub enum Response {
     },
     KeyRemoved(KeyRemoval),
     KeyStatus(KeyStatusReport),
+    /// Bytes a reflink covered.
+    Reflinked {
+        bytes: u64,
+    },
     /// The 24-byte v2 policy (none: not encrypted) and, for a subvolume root, the bytes of its
     /// files still stored as plaintext.
     Policy {
@@ -284,6 +296,14 @@ impl Filesystem {
                 let id = parse_identifier(&identifier)?;
                 Ok(Response::KeyStatus(self.key_status(&id, c)))
             }
+            Request::Reflink {
+                source,
+                src_offset,
+                len,
+                dest_offset,
+            } => Ok(Response::Reflinked {
+                bytes: self.reflink(source, src_offset, ino, dest_offset, len, c)?,
+            }),
             Request::SetPolicy { policy } => {
                 self.set_policy(ino, &policy, c)?;
                 Ok(Response::Done)

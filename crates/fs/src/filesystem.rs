@@ -436,6 +436,64 @@ impl Filesystem {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// `cowcrypt reflink`: [`Filesystem::copy_file_range`] between two inodes the caller may
+    /// read and write, opened for the call. Unlike through the kernel (which copies when the
+    /// filesystem refuses), a refusal such as EXDEV across keys is returned as it is. The whole
+    /// of `src` from `off_in` when `len` is `None`; a whole-file reflink first truncates `dst`.
+    pub fn reflink(
+        &self,
+        src: Ino,
+        off_in: u64,
+        dst: Ino,
+        off_out: u64,
+        len: Option<u64>,
+        c: &Caller,
+    ) -> Result<u64> {
+        let sh = self.open(src, OpenFlags(libc::O_RDONLY), c)?;
+        let dflags = if len.is_none() {
+            libc::O_WRONLY | libc::O_TRUNC
+        } else {
+            libc::O_WRONLY
+        };
+        let dh = match self.open(dst, OpenFlags(dflags), c) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = self.release(src, sh);
+                return Err(e);
+            }
+        };
+        let len = match len {
+            Some(n) => Ok(n),
+            None => self.getattr(src).map(|a| a.size.saturating_sub(off_in)),
+        };
+        let r = len.and_then(|n| {
+            let mut done = 0;
+            while done < n {
+                let k = self.copy_file_range(
+                    src,
+                    sh,
+                    off_in + done,
+                    dst,
+                    dh,
+                    off_out + done,
+                    n - done,
+                    c,
+                )?;
+                if k == 0 {
+                    break;
+                }
+                done += k;
+            }
+            Ok(done)
+        });
+        let r1 = self.release(src, sh);
+        let r2 = self.release(dst, dh);
+        let n = r?;
+        r1?;
+        r2?;
+        Ok(n)
+    }
+
     pub fn copy_file_range(
         &self,
         ino_in: Ino,
