@@ -435,7 +435,6 @@ impl Filesystem {
         self.op(|s| s.lseek(objectid(ino)?, fh, offset, whence))
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// `cowcrypt reflink`: [`Filesystem::copy_file_range`] between two inodes the caller may
     /// read and write, opened for the call. Unlike through the kernel (which copies when the
     /// filesystem refuses), a refusal such as EXDEV across keys is returned as it is. The whole
@@ -494,6 +493,7 @@ impl Filesystem {
         Ok(n)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn copy_file_range(
         &self,
         ino_in: Ino,
