@@ -2,7 +2,8 @@
 //! their sharing: snapshots and reflinks) below the new end, growing adds chunks that new data
 //! then uses; every byte reads back, fsck is clean, and nothing lives past the new end. A crash
 //! at any write of a shrink that moves chunks leaves a filesystem that opens clean with every
-//! byte as before, and running it again completes it; the same holds for a grow.
+//! byte as before, and running it again completes it; the same holds for a grow. A shrink that
+//! does not fit into half-used chunks fits after a balance packs them.
 
 mod common;
 
@@ -238,4 +239,64 @@ fn a_crash_anywhere_in_a_grow_loses_nothing() {
         sizes.len() == 2,
         "both the old and the new size are seen: {sizes:?}"
     );
+}
+
+/// A filesystem whose data chunks are all half used: every other file of a full device deleted.
+fn half_used_chunks() -> (Arc<dyn BlockDevice>, Files) {
+    let dev = new_dev(256 * MIB);
+    let fs = Filesystem::open_device(dev.clone(), &opts()).unwrap();
+    let c = root();
+    let sv = fs.subvolume_create(ROOT_INO, b"sv", 0o755, &c).unwrap();
+    put(&fs, sv.ino, b"own", &pattern(300_000, 77), &c);
+    let mut n = 0;
+    loop {
+        let (a, h) = fs
+            .create(ROOT_INO, format!("f{n}").as_bytes(), 0o644, rw(), &c)
+            .unwrap();
+        let r = fs.write(a.ino, h, 0, &pattern(2 * MIB, n as u8), &c);
+        fs.release(a.ino, h).unwrap();
+        fs.sync().unwrap();
+        n += 1;
+        if r.is_err() || fs.statfs().unwrap().bfree * 4096 < 24 * MIB as u64 {
+            break;
+        }
+    }
+    for i in (0..n).step_by(2) {
+        fs.unlink(ROOT_INO, format!("f{i}").as_bytes(), &c).unwrap();
+    }
+    fs.subvolume_snapshot(sv.ino, ROOT_INO, b"snap", true, &c)
+        .unwrap();
+    fs.sync().unwrap();
+    let want = files(&fs);
+    assert_clean(&fs);
+    fs.unmount().unwrap();
+    (dev, want)
+}
+
+#[test]
+fn a_shrink_that_does_not_fit_fits_after_a_balance() {
+    let (dev, want) = half_used_chunks();
+    let fs = Filesystem::open_device(dev.clone(), &opts()).unwrap();
+    let s = fs.space().unwrap();
+    fs.unmount().unwrap();
+    // Room for the data packed, the metadata chunks and some slack, in whole data chunks
+    // (16 MiB on this device); less than the chunks hold now.
+    let chunk = 16 * MIB as u64;
+    let target = (s.data_used + s.metadata_total + 3 * chunk).div_ceil(chunk) * chunk;
+    assert!(
+        target + chunk < s.data_total + s.metadata_total,
+        "{s:?}: the test needs half-used chunks"
+    );
+    Filesystem::resize_device(dev.clone(), target, &mut |_, _| {})
+        .expect_err("the used chunks do not fit below the new end");
+
+    let fs = Filesystem::open_device(dev.clone(), &opts()).unwrap();
+    let r = fs.balance(100, &mut |_, _| {}).unwrap();
+    assert!(r.chunks_emptied > 0, "{r:?}");
+    fs.unmount().unwrap();
+    let r = Filesystem::resize_device(dev.clone(), target, &mut |_, _| {}).unwrap();
+    assert!(r.chunks_removed > 0, "{r:?}");
+    let fs = Filesystem::open_device(cut(&dev, target as usize), &opts()).unwrap();
+    assert_eq!(files(&fs), want);
+    assert_clean(&fs);
 }
