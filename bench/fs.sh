@@ -3,6 +3,7 @@
 # run, on the same disk.
 #
 #   bench/fs.sh [--fs cowcrypt,cowcrypt-enc,gocryptfs,ext4] [--size 1G] [--runtime 20] [--files 10000]
+#               [--repeat 3]
 #               [--out FILE]
 #
 # Each filesystem gets, in this order:
@@ -27,6 +28,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/lib-mounts.sh"
 
 FSLIST=cowcrypt,gocryptfs,ext4
+REPEAT=3
 SIZE=1G
 RUNTIME=20
 NFILES=10000
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
         --fs) FSLIST=$2; shift 2 ;;
         --size) SIZE=$2; shift 2 ;;
         --runtime) RUNTIME=$2; shift 2 ;;
+        --repeat) REPEAT=$2; shift 2 ;;
         --files) NFILES=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 0 ;;
@@ -133,22 +136,44 @@ print(f"{job['bw_bytes'] / 2**20:.1f}" if sys.argv[3] == "bw" else f"{job['iops'
 PY
 }
 
+# The median of the numbers given.
+median() {
+    python3 -c 'import statistics, sys; print(f"{statistics.median(map(float, sys.argv[1:])):.1f}")' "$@"
+}
+
 declare -A R=()
 bench_fs() {
     local fs=$1 dir=$WORK/$1.mnt t0 t1
-    log "$fs: sequential write ($SIZE), no fsync"
-    run_fio "$fs-seq-write-nosync" "$dir/seq0" --rw=write --bs=1M --size="$SIZE"
-    R[$fs,seq-write-nosync]=$(fio_value "$fs-seq-write-nosync" write bw)
-    rm -f "$dir/seq0"
+    # The sequential rows carry the goals: each is measured $REPEAT times and the median kept,
+    # since one run on this shared disk moves by tens of percent.
+    local i vals
+    vals=()
+    for ((i = 1; i <= REPEAT; i++)); do
+        log "$fs: sequential write ($SIZE), no fsync ($i/$REPEAT)"
+        run_fio "$fs-seq-write-nosync-$i" "$dir/seq0" --rw=write --bs=1M --size="$SIZE"
+        vals+=("$(fio_value "$fs-seq-write-nosync-$i" write bw)")
+        rm -f "$dir/seq0"
+        drop_caches
+    done
+    R[$fs,seq-write-nosync]=$(median "${vals[@]}")
+    vals=()
+    for ((i = 1; i <= REPEAT; i++)); do
+        log "$fs: sequential write ($SIZE), fsync at the end ($i/$REPEAT)"
+        rm -f "$dir/seq"
+        drop_caches
+        run_fio "$fs-seq-write-$i" "$dir/seq" --rw=write --bs=1M --size="$SIZE" --end_fsync=1
+        vals+=("$(fio_value "$fs-seq-write-$i" write bw)")
+    done
+    R[$fs,seq-write]=$(median "${vals[@]}")
     drop_caches
-    log "$fs: sequential write ($SIZE), fsync at the end"
-    run_fio "$fs-seq-write" "$dir/seq" --rw=write --bs=1M --size="$SIZE" --end_fsync=1
-    R[$fs,seq-write]=$(fio_value "$fs-seq-write" write bw)
-    drop_caches
-    log "$fs: sequential read, cold"
-    run_fio "$fs-seq-read" "$dir/seq" --rw=read --bs=1M --size="$SIZE"
-    R[$fs,seq-read]=$(fio_value "$fs-seq-read" read bw)
-    drop_caches
+    vals=()
+    for ((i = 1; i <= REPEAT; i++)); do
+        log "$fs: sequential read, cold ($i/$REPEAT)"
+        run_fio "$fs-seq-read-$i" "$dir/seq" --rw=read --bs=1M --size="$SIZE"
+        vals+=("$(fio_value "$fs-seq-read-$i" read bw)")
+        drop_caches
+    done
+    R[$fs,seq-read]=$(median "${vals[@]}")
     log "$fs: random 4 KiB reads (${RUNTIME}s)"
     run_fio "$fs-rand-read" "$dir/seq" --rw=randread --bs=4k --size="$SIZE" \
         --runtime="$RUNTIME" --time_based --randrepeat=1
@@ -243,6 +268,6 @@ has() { [[ ",$FSLIST," == *",$1,"* ]]; }
         done
     fi
     echo
-    echo "size $SIZE, random-I/O runtime ${RUNTIME}s, $NFILES files; $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; kernel $(uname -r)"
+    echo "size $SIZE, sequential rows the median of $REPEAT runs, random-I/O runtime ${RUNTIME}s, $NFILES files; $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; kernel $(uname -r)"
 } | tee "$OUT"
 log "table written to $OUT"
