@@ -130,3 +130,143 @@ fn reflinks_share_until_written_and_du_df_show_it() {
     mount.unmount().expect("unmount");
     CowcryptMount::fsck(bin, &image).expect("fsck");
 }
+
+/// copy_file_range(2) through the kernel, errno or the count it returned.
+fn cfr(
+    src: &std::fs::File,
+    off_in: u64,
+    dst: &std::fs::File,
+    off_out: u64,
+    len: u64,
+) -> Result<u64, i32> {
+    use std::os::fd::AsRawFd;
+    let mut a = off_in as i64;
+    let mut b = off_out as i64;
+    // SAFETY: both fds are open for the call; the offset pointers are to live locals.
+    let n = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut a,
+            dst.as_raw_fd(),
+            &mut b,
+            len as usize,
+            0,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(n as u64)
+    }
+}
+
+/// Random unaligned copy_file_range calls between files (one of them onto itself) and writes
+/// to either side, checked byte for byte against a model; Linux's errors for the edge cases;
+/// du of the directory; fsck clean after.
+#[test]
+fn random_ranges_through_the_kernel_match_a_model() {
+    let name = "random_ranges_through_the_kernel_match_a_model";
+    if !mount_tests_can_run(name) {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
+    if !binary_can_mount(bin, name) {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("cowcrypt-reflink.")
+        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
+        .expect("scratch dir");
+    let image = tmp.path().join("reflink.img");
+    let dir = tmp.path().join("mnt");
+    CowcryptMount::mkfs(bin, &image, "256M").expect("mkfs");
+    let mut mount =
+        CowcryptMount::mount(bin, &image, &dir, &tmp.path().join("daemon.log")).expect("mount");
+    std::fs::create_dir(dir.join("d")).unwrap();
+    const B: u64 = 4096;
+    let mut model: Vec<Vec<u8>> = Vec::new();
+    let mut files = Vec::new();
+    for i in 0..3u8 {
+        let init = data(40 * B as usize + 123 * i as usize, i);
+        let p = dir.join(format!("d/f{i}"));
+        std::fs::write(&p, &init).unwrap();
+        files.push(
+            std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap(),
+        );
+        model.push(init);
+    }
+
+    // Edge cases, answered by the kernel's checks or by cowcrypt, as on any Linux filesystem.
+    let append = std::fs::File::options()
+        .append(true)
+        .open(dir.join("d/f1"))
+        .unwrap();
+    assert_eq!(cfr(&files[0], 0, &append, 0, B), Err(libc::EBADF));
+    let read_only = std::fs::File::open(dir.join("d/f1")).unwrap();
+    assert_eq!(cfr(&files[0], 0, &read_only, 0, B), Err(libc::EBADF));
+    assert_eq!(cfr(&files[0], 0, &files[0], B, 4 * B), Err(libc::EINVAL));
+    assert_eq!(cfr(&files[0], 100 * B, &files[1], 0, B), Ok(0));
+
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % m
+    };
+    for step in 0..300 {
+        let (from, to) = (next(3) as usize, next(3) as usize);
+        let phase = next(B);
+        let off_in = next(48) * B + if next(4) == 0 { next(B) } else { phase };
+        let off_out = next(64) * B + if next(4) == 0 { next(B) } else { phase };
+        let len = 1 + next(16 * B);
+        if next(5) == 0 {
+            // A write to one side.
+            let d = data(len as usize, step as u8);
+            files[to].write_all_at(&d, off_out).unwrap();
+            let m = &mut model[to];
+            let end = (off_out + len) as usize;
+            if m.len() < end {
+                m.resize(end, 0);
+            }
+            m[off_out as usize..end].copy_from_slice(&d);
+            continue;
+        }
+        let want = len.min((model[from].len() as u64).saturating_sub(off_in));
+        let r = cfr(&files[from], off_in, &files[to], off_out, len);
+        if from == to && off_in < off_out + want && off_out < off_in + want {
+            assert_eq!(r, Err(libc::EINVAL), "step {step}");
+            continue;
+        }
+        // The kernel may answer short; whatever it copied must be the model's bytes.
+        let n = r.unwrap_or_else(|e| panic!("step {step}: errno {e}"));
+        assert!(
+            n <= want && (n > 0 || want == 0),
+            "step {step}: {n} of {want}"
+        );
+        if n > 0 {
+            let piece = model[from][off_in as usize..(off_in + n) as usize].to_vec();
+            let m = &mut model[to];
+            let end = (off_out + n) as usize;
+            if m.len() < end {
+                m.resize(end, 0);
+            }
+            m[off_out as usize..end].copy_from_slice(&piece);
+        }
+    }
+    drop((files, append, read_only));
+    for (i, want) in model.iter().enumerate() {
+        let got = std::fs::read(dir.join(format!("d/f{i}"))).unwrap();
+        assert_eq!(got.len(), want.len(), "f{i} size");
+        assert!(&got == want, "f{i} differs from the model");
+    }
+    let (total, exclusive, shared) = du(bin, &dir.join("d"));
+    assert_eq!(total, exclusive + shared);
+    assert!(shared > 0, "reflinks between the files are shared");
+    mount.unmount().expect("unmount");
+    CowcryptMount::fsck(bin, &image).expect("fsck");
+}

@@ -354,11 +354,12 @@ impl State {
         if src.kind != FileKind::File || dst.kind != FileKind::File {
             return Err(Error::Invalid("copy between non-files"));
         }
-        let overlap = off_in < off_out.saturating_add(len) && off_out < off_in.saturating_add(len);
+        // As Linux: the range is first shortened to the source's end, then checked for overlap.
+        let n = len.min(src.size.saturating_sub(off_in));
+        let overlap = off_in < off_out.saturating_add(n) && off_out < off_in.saturating_add(n);
         if in_obj == out_obj && overlap {
             return Err(Error::Invalid("overlapping copy inside one file"));
         }
-        let n = len.min(src.size.saturating_sub(off_in));
         // Reflink when source and destination offsets sit at the same place inside a block:
         // the whole blocks of the middle are shared, the unaligned edges copied. A partial last
         // block is shared only when it is the source's last block (zeros after its end) and it
