@@ -20,6 +20,14 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// `cowcrypt du --json PATH`'s set shared bytes (each shared extent byte counted once).
+fn set_shared(bin: &Path, path: &Path) -> u64 {
+    let out = cowcrypt(bin, &["du", "--json", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["usage"]["set_shared"].as_u64().unwrap()
+}
+
 /// `cowcrypt du --json PATH` as (total, exclusive, shared).
 fn du(bin: &Path, path: &Path) -> (u64, u64, u64) {
     let out = cowcrypt(bin, &["du", "--json", path.to_str().unwrap()]);
@@ -76,6 +84,12 @@ fn reflinks_share_until_written_and_du_df_show_it() {
     assert_eq!(du(bin, &m("pkg.copy")), (8 << 20, 0, 8 << 20));
     assert_eq!(du(bin, &m("store/pkg")), (8 << 20, 0, 8 << 20));
     assert_eq!(data_used(bin, &dir), used0, "no data copied");
+    // The whole mount: both files' bytes are shared, the set shares them once.
+    assert_eq!(du(bin, &dir), (16 << 20, 0, 16 << 20));
+    assert_eq!(set_shared(bin, &dir), 8 << 20);
+    let table = cowcrypt(bin, &["du", &s("pkg.copy")]);
+    assert!(table.status.success(), "{table:?}");
+    assert!(String::from_utf8_lossy(&table.stdout).contains("SET SHARED"));
 
     // cowcrypt reflink, whole file and an unaligned range.
     let whole = cowcrypt(bin, &["reflink", &s("store/pkg"), &s("whole")]);
@@ -267,6 +281,8 @@ fn random_ranges_through_the_kernel_match_a_model() {
     let (total, exclusive, shared) = du(bin, &dir.join("d"));
     assert_eq!(total, exclusive + shared);
     assert!(shared > 0, "reflinks between the files are shared");
+    let set = set_shared(bin, &dir.join("d"));
+    assert!(set > 0 && set <= shared, "{set} of {shared}");
     mount.unmount().expect("unmount");
     CowcryptMount::fsck(bin, &image).expect("fsck");
 }
