@@ -8,6 +8,7 @@ mod image;
 mod keys;
 mod mount;
 mod offline;
+mod policy;
 mod progress;
 mod reflink;
 mod scrub;
@@ -129,6 +130,30 @@ enum Command {
         /// A path on a cowcrypt mount, or an image file or block device that is not mounted.
         target: PathBuf,
     },
+    /// Set an fscrypt v2 policy on an empty directory, or on a subvolume's root (empty or not:
+    /// every extent written in it from then on is encrypted; older ones stay as they are).
+    ///
+    /// The key must have been added by you (`cowcrypt key add`). Errors as the kernel's
+    /// FS_IOC_SET_ENCRYPTION_POLICY: not a directory, not empty, another policy already, no key.
+    Encrypt {
+        /// The directory.
+        path: PathBuf,
+        /// The master key's identifier (32 hex digits).
+        #[arg(long, value_name = "ID")]
+        key: String,
+        /// Contents encryption mode.
+        #[arg(long, default_value = "aes-256-xts")]
+        contents: String,
+        /// Filenames encryption mode (aes-256-cts or aes-256-hctr2).
+        #[arg(long, default_value = "aes-256-cts")]
+        filenames: String,
+        /// Filename padding in bytes: 4, 8, 16 or 32.
+        #[arg(long, default_value_t = 32)]
+        padding: usize,
+    },
+    /// Show the encryption policy of a path, and for a subvolume root how much of its data is
+    /// still plaintext.
+    Policy { path: PathBuf },
     /// Grow or shrink a filesystem that is not mounted.
     ///
     /// Growing extends the image file (a block device must already be that large) and adds
@@ -318,6 +343,14 @@ fn run(cli: Cli) -> Result<()> {
             dest,
         } => reflink::run(&source, &dest, range.map(|r| (r[0], r[1], r[2])))?,
         Command::Du { json, paths } => space::du(&paths, json)?,
+        Command::Encrypt {
+            path,
+            key,
+            contents,
+            filenames,
+            padding,
+        } => policy::encrypt(&path, &key, &contents, &filenames, padding)?,
+        Command::Policy { path } => policy::show(&path)?,
         Command::Scrub { json, target } => scrub::run(&target, json)?,
         Command::Df { json, mount } => space::df(&mount, json)?,
         Command::Subvolume(c) => match c {

@@ -1,61 +1,60 @@
-//! `cowcrypt reflink SOURCE DEST [--range SRC_OFFSET LENGTH DEST_OFFSET]`: copy_file_range on a
-//! mount, which cowcrypt answers by sharing extents (the aligned middle of a range; its edges
-//! are copied). FUSE never passes FICLONE on, so this is the reflink a mount offers.
+//! `cowcrypt reflink SOURCE DEST [--range SRC_OFFSET LENGTH DEST_OFFSET]`: shares extents on a
+//! mount (the aligned middle of a range; its unaligned edges are copied). It goes through the
+//! control channel rather than copy_file_range(2) because the kernel quietly copies when a
+//! FUSE filesystem refuses: here a refusal (EXDEV across keys) is reported as one.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::fs::OpenOptions;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use cowfs::control::{Request, Response};
 
-/// Shares `len` bytes (everything from `src_off` to the source's end when `None`) of `source`
-/// at `src_off` into `dest` at `dest_off`. Without a range, DEST is created or truncated.
 pub fn run(source: &Path, dest: &Path, range: Option<(u64, u64, u64)>) -> Result<()> {
-    let src = File::open(source).with_context(|| format!("cannot open {}", source.display()))?;
-    let src_len = src
-        .metadata()
-        .with_context(|| format!("cannot stat {}", source.display()))?
-        .len();
-    let (mut off_in, len, mut off_out) = match range {
-        Some((a, n, b)) => (a, n, b),
-        None => (0, src_len, 0),
-    };
-    let dst = OpenOptions::new()
+    let src =
+        std::fs::metadata(source).with_context(|| format!("cannot find {}", source.display()))?;
+    if !src.is_file() {
+        bail!("{} is not a regular file", source.display());
+    }
+    // DEST is made if missing (as cp would), so the request has a file to go to.
+    OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(range.is_none())
+        .truncate(false)
         .open(dest)
         .with_context(|| format!("cannot open {}", dest.display()))?;
-    let mut left = len;
-    while left > 0 {
-        let mut a = i64::try_from(off_in).context("source offset too large")?;
-        let mut b = i64::try_from(off_out).context("destination offset too large")?;
-        let step = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
-        // SAFETY: both fds are open for the call; the offset pointers are to live locals.
-        let n = unsafe {
-            libc::copy_file_range(src.as_raw_fd(), &mut a, dst.as_raw_fd(), &mut b, step, 0)
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            bail!(
-                "cannot reflink {} into {}: {e}",
-                source.display(),
-                dest.display()
-            );
-        }
-        if n == 0 {
-            break; // the source ended
-        }
-        let n = n as u64;
-        off_in += n;
-        off_out += n;
-        left -= n;
+    let dst = std::fs::metadata(dest).with_context(|| format!("cannot find {}", dest.display()))?;
+    if src.dev() != dst.dev() {
+        bail!(
+            "{} and {} are not on the same cowcrypt mount",
+            source.display(),
+            dest.display()
+        );
     }
-    println!(
-        "{} -> {}: {} bytes",
-        source.display(),
-        dest.display(),
-        len - left
-    );
+    let (src_offset, len, dest_offset) = match range {
+        Some((a, n, b)) => (a, Some(n), b),
+        None => (0, None, 0),
+    };
+    let req = Request::Reflink {
+        source: src.ino(),
+        src_offset,
+        len,
+        dest_offset,
+    };
+    let r = control::call(dest, &req).with_context(|| {
+        format!(
+            "cannot reflink {} into {}",
+            source.display(),
+            dest.display()
+        )
+    })?;
+    match r {
+        Response::Reflinked { bytes } => {
+            println!("{} -> {}: {bytes} bytes", source.display(), dest.display())
+        }
+        other => bail!("unexpected answer from the daemon: {other:?}"),
+    }
     Ok(())
 }
+
+use crate::control;

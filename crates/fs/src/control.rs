@@ -80,6 +80,18 @@ pub enum Request {
     KeyRemove { identifier: String, all_users: bool },
     /// FS_IOC_GET_ENCRYPTION_KEY_STATUS.
     KeyStatus { identifier: String },
+    /// FS_IOC_SET_ENCRYPTION_POLICY on the directory here: a 24-byte v2 policy.
+    SetPolicy { policy: Vec<u8> },
+    /// The policy in force here, and for a subvolume root how many bytes are still plaintext.
+    GetPolicy,
+    /// Reflink into the file here from inode `source` (`len` none: all of it from `src_offset`,
+    /// the file here truncated first). Refusals (EXDEV across keys) come back as they are.
+    Reflink {
+        source: Ino,
+        src_offset: u64,
+        len: Option<u64>,
+        dest_offset: u64,
+    },
 }
 
 /// The answer to a [`Request`]; errors travel as an errno instead.
@@ -116,6 +128,16 @@ pub enum Response {
     },
     KeyRemoved(KeyRemoval),
     KeyStatus(KeyStatusReport),
+    /// Bytes a reflink covered.
+    Reflinked {
+        bytes: u64,
+    },
+    /// The 24-byte v2 policy (none: not encrypted) and, for a subvolume root, the bytes of its
+    /// files still stored as plaintext.
+    Policy {
+        policy: Option<Vec<u8>>,
+        plaintext_bytes: Option<u64>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -273,6 +295,35 @@ impl Filesystem {
             Request::KeyStatus { identifier } => {
                 let id = parse_identifier(&identifier)?;
                 Ok(Response::KeyStatus(self.key_status(&id, c)))
+            }
+            Request::Reflink {
+                source,
+                src_offset,
+                len,
+                dest_offset,
+            } => Ok(Response::Reflinked {
+                bytes: self.reflink(source, src_offset, ino, dest_offset, len, c)?,
+            }),
+            Request::SetPolicy { policy } => {
+                self.set_policy(ino, &policy, c)?;
+                Ok(Response::Done)
+            }
+            Request::GetPolicy => {
+                let policy = match self.get_policy(ino) {
+                    Ok(p) => Some(p),
+                    Err(Error::NoData) => None,
+                    Err(e) => return Err(e),
+                };
+                // A subvolume's root: how much of it is still plaintext.
+                let plaintext_bytes = if ino & ((1 << 48) - 1) == crate::items::ROOT_OBJECTID {
+                    Some(self.plaintext_bytes(ino)?)
+                } else {
+                    None
+                };
+                Ok(Response::Policy {
+                    policy,
+                    plaintext_bytes,
+                })
             }
             Request::Scrub => {
                 // It reads every file's data and names paths anyone may not see: root only.

@@ -66,7 +66,24 @@ impl State {
 
     /// Writes a new extent's bytes and records their checksums.
     pub(crate) fn write_extent(&mut self, bytenr: u64, buf: &[u8]) -> Result<()> {
-        let csums = self.txn()?.data_io()?.write(bytenr, 0, buf, None)?;
+        self.write_extent_crypt(bytenr, buf, None)
+    }
+
+    /// [`State::write_extent`], encrypting through the store's data path under `crypt`; the
+    /// checksums cover the ciphertext, so scrub and relocation need no key.
+    pub(crate) fn write_extent_crypt(
+        &mut self,
+        bytenr: u64,
+        buf: &[u8],
+        crypt: Option<&fscrypt::extent::ExtentCryptInfo>,
+    ) -> Result<()> {
+        let cipher = crypt.map(crate::crypt::ExtentCipher);
+        let csums = self.txn()?.data_io()?.write(
+            bytenr,
+            0,
+            buf,
+            cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
+        )?;
         for (i, group) in csums.chunks(CSUMS_PER_ITEM as usize).enumerate() {
             let key = Key::new(bytenr, ty::DATA_CSUM, i as u64 * CSUM_SPAN);
             self.put_in(tree_id::CSUM_TREE, key, &items::encode_csums(group))?;
@@ -77,6 +94,18 @@ impl State {
     /// Reads `len` bytes at `offset` inside the extent at `bytenr`, verified against the
     /// checksum tree. Offset and length are whole blocks.
     pub(crate) fn read_extent(&mut self, bytenr: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read_extent_crypt(bytenr, offset, len, None)
+    }
+
+    /// [`State::read_extent`], decrypting under `crypt` after the checksums (over the
+    /// ciphertext) are verified.
+    pub(crate) fn read_extent_crypt(
+        &mut self,
+        bytenr: u64,
+        offset: u64,
+        len: u64,
+        crypt: Option<&fscrypt::extent::ExtentCryptInfo>,
+    ) -> Result<Vec<u8>> {
         let mut expected = Vec::with_capacity((len / BLOCK) as usize);
         let end = offset + len;
         let mut group = offset / CSUM_SPAN * CSUM_SPAN;
@@ -99,11 +128,15 @@ impl State {
             );
             group += CSUM_SPAN;
         }
+        let cipher = crypt.map(crate::crypt::ExtentCipher);
         let len = usize::try_from(len).map_err(|_| Error::Invalid("read too large"))?;
-        Ok(self
-            .txn()?
-            .data_io()?
-            .read(bytenr, offset, len, None, Some(&expected))?)
+        Ok(self.txn()?.data_io()?.read(
+            bytenr,
+            offset,
+            len,
+            cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
+            Some(&expected),
+        )?)
     }
 
     // --- File extent items --------------------------------------------------------------------
@@ -184,13 +217,16 @@ impl State {
             if fe.kind == ExtentKind::Prealloc {
                 continue;
             }
-            if fe.crypt.is_some() {
-                // Never hand out ciphertext as if it were the file's bytes.
-                return Err(Error::NoKey);
-            }
             let a = at.max(start);
             let b = (at + fe.len).min(end);
-            let data = self.read_extent(fe.bytenr, fe.offset + (a - at), b - a)?;
+            let data = match &fe.crypt {
+                // Never hand out ciphertext: decrypted with the extent's own key, or ENOKEY.
+                Some(ctx) => {
+                    let info = self.stored_extent_crypt(obj, ctx)?;
+                    self.read_extent_crypt(fe.bytenr, fe.offset + (a - at), b - a, Some(&info))?
+                }
+                None => self.read_extent(fe.bytenr, fe.offset + (a - at), b - a)?,
+            };
             buf[(a - start) as usize..(b - start) as usize].copy_from_slice(&data);
         }
         Ok(buf)
@@ -345,6 +381,11 @@ impl State {
 
     /// Writes the buffered blocks of `obj` as new extents.
     pub(crate) fn flush_data(&mut self, obj: u64) -> Result<()> {
+        if !self.dirty.contains_key(&obj) {
+            return Ok(());
+        }
+        // Encrypted data needs its key before anything changes (ENOKEY keeps it buffered).
+        let common = self.crypt_common(obj)?;
         let Some(blocks) = self.dirty.remove(&obj) else {
             return Ok(());
         };
@@ -386,7 +427,15 @@ impl State {
             };
             self.changes += 1;
             let buf: Vec<u8> = run.concat();
-            self.write_extent(bytenr, &buf)?;
+            // Every encrypted extent: a fresh nonce, its own key.
+            let crypt = match &common {
+                Some(c) => Some(
+                    fscrypt::extent::ExtentCryptInfo::new_extent(c, crate::crypt::BLOCK_BITS)
+                        .map_err(crate::crypt::crypt_error)?,
+                ),
+                None => None,
+            };
+            self.write_extent_crypt(bytenr, &buf, crypt.as_ref())?;
             let removed = self.unmap(obj, start, start + len)?;
             let fe = FileExtent {
                 kind: ExtentKind::Regular,
@@ -394,7 +443,7 @@ impl State {
                 extent_len: len,
                 offset: 0,
                 len,
-                crypt: None,
+                crypt: crypt.map(|c| c.context().encode().to_vec()),
             };
             self.put(Key::new(obj, ty::FILE_EXTENT, start), &fe.encode())?;
             it.bytes = it.bytes.saturating_sub(removed).saturating_add(len);

@@ -162,6 +162,10 @@ impl State {
             perm::kill_suid(&mut it, c);
             self.put_inode(obj, &it)?;
         }
+        if it.kind == FileKind::File {
+            // An encrypted file opens only with its key, and the open file pins it.
+            self.pin_for_open(obj)?;
+        }
         Ok(self.add_handle(obj, flags, it.kind == FileKind::Dir))
     }
 
@@ -175,6 +179,8 @@ impl State {
     ) -> Result<(Attr, u64)> {
         match self.make(parent, name, FileKind::File, mode, 0, None, c) {
             Ok(a) => {
+                // The key was present to create it (make checked); the open file pins it.
+                self.pin_for_open(a.ino)?;
                 let fh = self.add_handle(a.ino, flags, false);
                 Ok((a, fh))
             }
@@ -250,6 +256,9 @@ impl State {
 
     pub(crate) fn release(&mut self, obj: u64, fh: u64) -> Result<()> {
         self.remove_handle(obj, fh)?;
+        if !self.opens.contains_key(&obj) {
+            self.unpin_after_close(obj)?;
+        }
         self.maybe_evict(obj)
     }
 
@@ -374,6 +383,15 @@ impl State {
             }
             if middle > 0 {
                 self.writable(out_obj)?;
+                // Encrypted extents are shared only where the same key and modes rule; anything
+                // else is EXDEV with nothing changed, and the caller (the kernel, cp) copies.
+                self.flush_data(in_obj)?;
+                let (a, b) = (off_in + head, off_in + head + middle);
+                for (_, fe) in self.extents(in_obj, a, b)? {
+                    if let Some(ctx) = &fe.crypt {
+                        self.check_reflink(out_obj, ctx)?;
+                    }
+                }
                 let mut done =
                     self.copy_bytes(in_obj, off_in, out_obj, fh_out, off_out, head, c)?;
                 if done < head {

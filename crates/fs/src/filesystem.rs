@@ -62,8 +62,9 @@ impl Shared {
 pub struct Filesystem {
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
-    /// The master keys added to this filesystem (memory only, as the kernel's keyring).
-    keyring: fscrypt::keyring::Keyring,
+    /// The master keys added to this filesystem (memory only, as the kernel's keyring); the
+    /// state holds the same keyring to unlock files with.
+    keyring: Arc<fscrypt::keyring::Keyring>,
 }
 
 impl Filesystem {
@@ -141,10 +142,11 @@ impl Filesystem {
                     })?,
             )
         };
+        let keyring = shared.lock().keyring.clone();
         Ok(Filesystem {
             shared,
             committer,
-            keyring: fscrypt::keyring::Keyring::default(),
+            keyring,
         })
     }
 
@@ -433,6 +435,64 @@ impl Filesystem {
         self.op(|s| s.lseek(objectid(ino)?, fh, offset, whence))
     }
 
+    /// `cowcrypt reflink`: [`Filesystem::copy_file_range`] between two inodes the caller may
+    /// read and write, opened for the call. Unlike through the kernel (which copies when the
+    /// filesystem refuses), a refusal such as EXDEV across keys is returned as it is. The whole
+    /// of `src` from `off_in` when `len` is `None`; a whole-file reflink first truncates `dst`.
+    pub fn reflink(
+        &self,
+        src: Ino,
+        off_in: u64,
+        dst: Ino,
+        off_out: u64,
+        len: Option<u64>,
+        c: &Caller,
+    ) -> Result<u64> {
+        let sh = self.open(src, OpenFlags(libc::O_RDONLY), c)?;
+        let dflags = if len.is_none() {
+            libc::O_WRONLY | libc::O_TRUNC
+        } else {
+            libc::O_WRONLY
+        };
+        let dh = match self.open(dst, OpenFlags(dflags), c) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = self.release(src, sh);
+                return Err(e);
+            }
+        };
+        let len = match len {
+            Some(n) => Ok(n),
+            None => self.getattr(src).map(|a| a.size.saturating_sub(off_in)),
+        };
+        let r = len.and_then(|n| {
+            let mut done = 0;
+            while done < n {
+                let k = self.copy_file_range(
+                    src,
+                    sh,
+                    off_in + done,
+                    dst,
+                    dh,
+                    off_out + done,
+                    n - done,
+                    c,
+                )?;
+                if k == 0 {
+                    break;
+                }
+                done += k;
+            }
+            Ok(done)
+        });
+        let r1 = self.release(src, sh);
+        let r2 = self.release(dst, dh);
+        let n = r?;
+        r1?;
+        r2?;
+        Ok(n)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn copy_file_range(
         &self,
@@ -664,6 +724,52 @@ impl Filesystem {
     /// The keyring's own counters (keys, pins, derived keys alive), for tests and leak checks.
     pub fn keyring_stats(&self) -> fscrypt::keyring::KeyringStats {
         self.keyring.stats()
+    }
+
+    /// FS_IOC_SET_ENCRYPTION_POLICY on directory `ino` (an empty one, or a subvolume's root,
+    /// empty or not: then every new extent in the subvolume is encrypted).
+    pub fn set_policy(&self, ino: Ino, policy: &[u8], c: &Caller) -> Result<()> {
+        let policy = fscrypt::PolicyV2::decode(policy).map_err(crate::crypt::crypt_error)?;
+        self.op(|s| s.set_policy(objectid(ino)?, policy, c))
+    }
+
+    /// FS_IOC_GET_ENCRYPTION_POLICY_EX: the 24-byte v2 policy in force for `ino` (ENODATA
+    /// when it is not encrypted).
+    pub fn get_policy(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.op(|s| match s.effective_policy(objectid(ino)?)? {
+            Some(p) => Ok(p.encode().to_vec()),
+            None => Err(Error::NoData),
+        })
+    }
+
+    /// Bytes of file data under `ino` (a file, or every file below a directory) still stored
+    /// as plaintext: what a subvolume turned encrypted has left from before.
+    pub fn plaintext_bytes(&self, ino: Ino) -> Result<u64> {
+        self.op(|s| {
+            s.flush_all_data()?;
+            let mut total = 0;
+            let mut stack = vec![objectid(ino)?];
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(o) = stack.pop() {
+                if !seen.insert(o) {
+                    continue;
+                }
+                match s.inode(o)?.kind {
+                    crate::FileKind::File => total += s.plaintext_bytes(o)?,
+                    crate::FileKind::Dir => {
+                        let mut after = 0;
+                        loop {
+                            let page = s.dir_entries(o, after, 512)?;
+                            let Some(last) = page.last() else { break };
+                            after = last.index;
+                            stack.extend(page.iter().map(|e| e.child));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(total)
+        })
     }
 
     /// Bytes of file `ino`, or of every file under directory `ino`: total, exclusive and

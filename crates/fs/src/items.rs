@@ -29,6 +29,8 @@ pub mod ty {
     pub const FILE_EXTENT: u8 = 108;
     /// (object id, SYMLINK, byte offset) -> a piece of a symlink's target.
     pub const SYMLINK: u8 = 110;
+    /// (object id, CRYPT_CONTEXT, 0) -> the inode's 40-byte fscrypt v2 context.
+    pub const CRYPT_CONTEXT: u8 = 40;
     /// Subvolume index tree: (subvolume number, SUBVOL_ROOT, 0) -> [`SubvolRoot`](super::SubvolRoot).
     pub const SUBVOL_ROOT: u8 = 3;
     /// Subvolume index tree: (0, SUBVOL_COUNTER, 0) -> [`SubvolCounter`](super::SubvolCounter).
@@ -655,6 +657,9 @@ pub fn decode_any(key: &Key, b: &[u8]) -> Result<()> {
         ty::FILE_EXTENT => FileExtent::decode(key, b).map(drop),
         ty::SYMLINK => decode_symlink_piece(key, b).map(drop),
         ty::SUBVOL_ROOT => SubvolRoot::decode(key, b).map(drop),
+        ty::CRYPT_CONTEXT => fscrypt::context::InodeContext::decode(b)
+            .map(drop)
+            .map_err(|e| Error::corrupt(key, e.to_string())),
         ty::SUBVOL_COUNTER => SubvolCounter::decode(key, b).map(drop),
         t => Err(Error::corrupt(key, format!("unknown item type {t}"))),
     }

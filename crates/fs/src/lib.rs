@@ -32,6 +32,7 @@ pub mod acl;
 mod balance;
 mod check;
 pub mod control;
+mod crypt;
 mod data;
 mod error;
 mod file;

@@ -65,6 +65,8 @@ impl State {
         if dot(name) || self.find_entry(parent, name)?.is_some() {
             return Err(Error::Exists);
         }
+        // No new names in an encrypted directory without its key (ENOKEY, as Linux).
+        self.require_key_for(parent)?;
         if kind == FileKind::Dir && d.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
@@ -89,6 +91,7 @@ impl State {
             perm &= !0o2000;
         }
         let (obj, mut it) = self.new_inode(subvol_of(parent), kind, perm, c.uid, gid, rdev)?;
+        self.inherit_policy(parent, obj, kind)?;
         if let Some(a) = access {
             self.put_xattr(obj, acl::ACCESS_XATTR, Some(&a.encode()))?;
         }
@@ -158,6 +161,7 @@ impl State {
         if dot(name) || self.find_entry(parent, name)?.is_some() {
             return Err(Error::Exists);
         }
+        self.check_permitted_context(parent, obj)?;
         if it.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
@@ -280,6 +284,15 @@ impl State {
         let dst = self.find_entry(np, new_name)?;
         if flags.exchange && dst.is_none() {
             return Err(Error::NotFound);
+        }
+        // Into an encrypted directory only inodes of its policy (EXDEV, as Linux).
+        if p != np {
+            self.check_permitted_context(np, src.child)?;
+            if flags.exchange
+                && let Some(d) = &dst
+            {
+                self.check_permitted_context(p, d.child)?;
+            }
         }
         let src_dir = src.kind == FileKind::Dir;
         if let Some(dst) = &dst {

@@ -99,6 +99,10 @@ pub(crate) struct State {
     pub dirty_bytes: u64,
     /// Deleted subvolumes whose blocks are still being released in the background.
     pub drops_pending: bool,
+    /// The filesystem's master keys (shared with [`crate::Filesystem`]).
+    pub keyring: Arc<fscrypt::keyring::Keyring>,
+    /// Open encrypted inodes and the key pin each holds while open.
+    pub crypt: HashMap<u64, fscrypt::common::CryptCommon>,
 }
 
 /// The global object id `ino` names (the inode number itself, checked for shape).
@@ -137,6 +141,8 @@ impl State {
             dirty: BTreeMap::new(),
             dirty_bytes: 0,
             drops_pending: false,
+            keyring: Arc::new(fscrypt::keyring::Keyring::default()),
+            crypt: HashMap::new(),
         };
         s.drops_pending = s.store.pending_deletion()?.trees > 0;
         s.subvol_info(0)?;

@@ -298,6 +298,34 @@ impl Adapter {
         }
     }
 
+    /// Drops the kernel's cached pages and attributes of file `ino` after a control request
+    /// changed its bytes behind the kernel's back (a reflink into it).
+    fn contents_changed(&self, ino: INodeNo) {
+        let Some(n) = self.notifier.get().cloned() else {
+            return;
+        };
+        // Pages and attributes: offset 0, length 0 drops every cached page. Like
+        // `directory_changed`, from its own thread with a bounded wait, since the kernel locks
+        // pages another process may hold while it waits for this worker.
+        let (sent, done) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("cowcrypt-inval".into())
+            .spawn(move || {
+                if let Err(e) = n.inval_inode(ino, 0, 0) {
+                    tracing::debug!("invalidating the contents of {}: {e}", ino.0);
+                }
+                let _ = sent.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                if done.recv_timeout(INVALIDATION_WAIT).is_err() {
+                    tracing::debug!("invalidation of {} still waiting; answering", ino.0);
+                }
+            }
+            Err(e) => tracing::warn!("no thread to invalidate a changed file: {e}"),
+        }
+    }
+
     /// Drops the kernel's cached attributes of directory `parent` and, if given, its dentry of
     /// the removed name, for a change made through the control channel, before the request is
     /// answered, so the caller never sees the old entry afterwards. Sent from its own thread
@@ -869,6 +897,8 @@ impl fuser::Filesystem for Adapter {
             | control::Request::SubvolumeSnapshot { .. } => Some(None),
             _ => None,
         };
+        // A reflink changes the file here: its size and its bytes.
+        let contents_changed = matches!(request, control::Request::Reflink { .. });
         let answer = self
             .fs
             .control(ino.0, request, &Self::who(req))
@@ -877,6 +907,9 @@ impl fuser::Filesystem for Adapter {
             Ok(frame) => {
                 if let Some(removed) = changed {
                     self.directory_changed(ino, removed);
+                }
+                if contents_changed {
+                    self.contents_changed(ino);
                 }
                 reply.ioctl(0, &frame);
             }

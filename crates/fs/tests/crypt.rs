@@ -1,0 +1,262 @@
+//! Encryption through the library: keys, policies (Linux's rules), inheritance, encrypted
+//! contents with a nonce and key per extent, ENOKEY without the key, key removal with an open
+//! file (INCOMPLETELY_REMOVED, then ABSENT with no derived key left), a plaintext snapshot turned
+//! encrypted (old extents stay plaintext and shared, new writes are encrypted), reflink and link
+//! rules (EXDEV), no plaintext marker anywhere on the device, and an extent decrypted straight
+//! from the raw device with the fscrypt crate alone.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use cowfs::{Caller, Filesystem, KeyPresence, OpenFlags, ROOT_INO, RenameFlags};
+use fscrypt::policy::{ContentsMode, FilenamesMode, PolicyV2};
+use fscrypt::{KeyIdentifier, MasterKey};
+
+const KEY: [u8; 64] = [0x5a; 64];
+const OTHER_KEY: [u8; 64] = [0x3c; 64];
+
+fn policy(id: &KeyIdentifier) -> Vec<u8> {
+    PolicyV2::new(
+        ContentsMode::Aes256Xts,
+        FilenamesMode::Aes256Cts,
+        0x02,
+        0,
+        *id,
+    )
+    .unwrap()
+    .encode()
+    .to_vec()
+}
+
+/// A marker that must never reach the device in clear.
+fn marked(len: usize) -> Vec<u8> {
+    let m = b"MARKER-cowcrypt-plaintext-";
+    (0..len).map(|i| m[i % m.len()]).collect()
+}
+
+fn device_has(dev: &std::sync::Arc<dyn store::BlockDevice>, needle: &[u8]) -> bool {
+    let mut all = vec![0u8; dev.size() as usize];
+    dev.read_at(&mut all, 0).unwrap();
+    all.windows(needle.len()).any(|w| w == needle)
+}
+
+fn read_all(fs: &Filesystem, ino: u64, c: &Caller) -> cowfs::Result<Vec<u8>> {
+    let h = fs.open(ino, OpenFlags(libc::O_RDONLY), c)?;
+    let size = fs.getattr(ino)?.size;
+    let r = fs.read(ino, h, 0, size as u32);
+    fs.release(ino, h)?;
+    r
+}
+
+#[test]
+fn encrypted_directory_end_to_end() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let id = fs.add_key(&KEY, &c).unwrap();
+    assert_eq!(id, MasterKey::from_raw(&KEY).unwrap().identifier());
+    let d = fs.mkdir(ROOT_INO, b"secret", 0o755, &c).unwrap();
+    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    assert_eq!(fs.get_policy(d.ino).unwrap(), policy(&id));
+    // Inherited by what is made inside.
+    let sub = fs.mkdir(d.ino, b"sub", 0o755, &c).unwrap();
+    assert_eq!(fs.get_policy(sub.ino).unwrap(), policy(&id));
+    let body = marked(300_000);
+    let f = put(&fs, sub.ino, b"file", &body, &c);
+    fs.sync().unwrap();
+    assert_eq!(read_all(&fs, f, &c).unwrap(), body);
+    assert!(
+        !device_has(&dev, b"MARKER-cowcrypt-plaintext-"),
+        "plaintext on the device"
+    );
+    // Every extent has its own context; nonces never repeat.
+    let ins = fs.inspect().unwrap();
+    let contexts: Vec<String> = ins.subvolumes[0]
+        .inodes
+        .iter()
+        .flat_map(|i| i.extents.iter())
+        .filter_map(|e| e.crypt_context.clone())
+        .collect();
+    assert!(!contexts.is_empty());
+    let unique: BTreeSet<&String> = contexts.iter().collect();
+    assert_eq!(unique.len(), contexts.len());
+
+    // Decrypt the first extent straight from the device with the fscrypt crate alone.
+    let inode = ins.subvolumes[0]
+        .inodes
+        .iter()
+        .find(|i| i.ino == f)
+        .unwrap();
+    let e = &inode.extents[0];
+    let ctx_bytes: Vec<u8> = (0..e.crypt_context.as_ref().unwrap().len() / 2)
+        .map(|i| {
+            u8::from_str_radix(&e.crypt_context.as_ref().unwrap()[2 * i..2 * i + 2], 16).unwrap()
+        })
+        .collect();
+    let ctx = fscrypt::extent::ExtentContext::decode(&ctx_bytes).unwrap();
+    let mk = MasterKey::from_raw(&KEY).unwrap();
+    let key = fscrypt::keysetup::per_extent_key(&mk, &ContentsMode::Aes256Xts.info(), ctx.nonce())
+        .unwrap();
+    let cipher = fscrypt::contents::ContentsCipher::new(ContentsMode::Aes256Xts, &key).unwrap();
+    let mut raw = vec![0u8; 8192];
+    dev.read_at(&mut raw, e.physical.unwrap() + e.offset_in_extent)
+        .unwrap();
+    cipher
+        .decrypt_units(e.offset_in_extent / 4096, 4096, &mut raw)
+        .unwrap();
+    assert_eq!(
+        &raw[..],
+        &body[e.file_offset as usize..e.file_offset as usize + 8192]
+    );
+
+    // Policy rules, as the kernel's.
+    let other = fs.add_key(&OTHER_KEY, &c).unwrap();
+    assert_eq!(
+        errno(fs.set_policy(d.ino, &policy(&other), &c)),
+        libc::EEXIST
+    );
+    assert_eq!(errno(fs.set_policy(f, &policy(&id), &c)), libc::ENOTDIR);
+    let full = fs.mkdir(ROOT_INO, b"full", 0o755, &c).unwrap();
+    put(&fs, full.ino, b"x", b"x", &c);
+    assert_eq!(
+        errno(fs.set_policy(full.ino, &policy(&id), &c)),
+        libc::ENOTEMPTY
+    );
+    let empty = fs.mkdir(ROOT_INO, b"empty", 0o777, &c).unwrap();
+    let nokey = MasterKey::from_raw(&[9u8; 32]).unwrap().identifier();
+    assert_eq!(
+        errno(fs.set_policy(empty.ino, &policy(&nokey), &c)),
+        libc::ENOKEY
+    );
+    let user = user(1000, 1000, &[]);
+    assert_eq!(
+        errno(fs.set_policy(empty.ino, &policy(&id), &user)),
+        libc::EACCES
+    );
+
+    // Links and renames across policies, and reflinks of encrypted extents, are EXDEV.
+    let plain = put(&fs, ROOT_INO, b"plain", b"plain bytes", &c);
+    assert_eq!(errno(fs.link(plain, sub.ino, b"p", &c)), libc::EXDEV);
+    assert_eq!(
+        errno(fs.rename(
+            ROOT_INO,
+            b"plain",
+            sub.ino,
+            b"p",
+            RenameFlags::default(),
+            &c
+        )),
+        libc::EXDEV
+    );
+    let (out, oh) = fs.create(ROOT_INO, b"out", 0o644, rw(), &c).unwrap();
+    let fh = fs.open(f, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    assert_eq!(
+        errno(fs.copy_file_range(f, fh, 0, out.ino, oh, 0, 65536, &c)),
+        libc::EXDEV
+    );
+    assert_eq!(fs.getattr(out.ino).unwrap().size, 0, "nothing changed");
+    fs.release(f, fh).unwrap();
+    fs.release(out.ino, oh).unwrap();
+    // Plaintext into an encrypted file shares, and stays readable.
+    let (inside, ih) = fs.create(sub.ino, b"from-plain", 0o644, rw(), &c).unwrap();
+    let ph = fs.open(plain, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    fs.copy_file_range(plain, ph, 0, inside.ino, ih, 0, 11, &c)
+        .unwrap();
+    fs.release(plain, ph).unwrap();
+    fs.release(inside.ino, ih).unwrap();
+    assert_eq!(read_all(&fs, inside.ino, &c).unwrap(), b"plain bytes");
+    assert_clean(&fs);
+
+    // Key removal with an open file: it keeps working; new opens get ENOKEY.
+    let h = fs.open(f, rw(), &c).unwrap();
+    let r = fs.remove_key(&id, false, &c).unwrap();
+    assert!(r.files_busy && !r.other_users, "{r:?}");
+    assert_eq!(
+        fs.key_status(&id, &c).state,
+        KeyPresence::IncompletelyRemoved
+    );
+    assert_eq!(fs.read(f, h, 0, 64).unwrap(), body[..64]);
+    fs.write(f, h, 10, b"written while removing", &c).unwrap();
+    assert_eq!(
+        errno(fs.open(f, OpenFlags(libc::O_RDONLY), &c)),
+        libc::ENOKEY
+    );
+    assert_eq!(
+        errno(fs.create(sub.ino, b"new", 0o644, rw(), &c)),
+        libc::ENOKEY
+    );
+    fs.release(f, h).unwrap();
+    // The last close drops the last pin: ABSENT, and no key derived from it is left.
+    assert_eq!(fs.key_status(&id, &c).state, KeyPresence::Absent);
+    let stats = fs.keyring_stats();
+    assert_eq!(stats.keys, 1, "only the other key: {stats:?}");
+    assert_eq!(stats.pins, 0, "{stats:?}");
+    // Names and attributes still work without the key.
+    assert!(names(&fs, sub.ino).contains(&b"file".to_vec()));
+    assert_eq!(fs.getattr(f).unwrap().size, body.len() as u64);
+    // Re-adding the key restores access, including what was written during removal.
+    fs.add_key(&KEY, &c).unwrap();
+    let mut want = body.clone();
+    want[10..32].copy_from_slice(b"written while removing");
+    assert_eq!(read_all(&fs, f, &c).unwrap(), want);
+    fs.unmount().unwrap();
+    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"));
+    assert!(!device_has(&dev, b"written while removing"));
+
+    // After a remount (keys are in memory only) the data is locked until the key comes back.
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    assert_eq!(errno(read_all(&fs, f, &c)), libc::ENOKEY);
+    fs.add_key(&KEY, &c).unwrap();
+    assert_eq!(read_all(&fs, f, &c).unwrap(), want);
+    assert_clean(&fs);
+}
+
+#[test]
+fn a_plaintext_snapshot_turned_encrypted_mixes_old_and_new_extents() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let base = fs.subvolume_create(ROOT_INO, b"base", 0o755, &c).unwrap();
+    let image = pattern(256 * 1024, 5);
+    let f = put(&fs, base.ino, b"image", &image, &c);
+    let snap = fs
+        .subvolume_snapshot(base.ino, ROOT_INO, b"container", false, &c)
+        .unwrap();
+    let id = fs.add_key(&KEY, &c).unwrap();
+    // A subvolume root may be turned encrypted although it is not empty.
+    fs.set_policy(snap.ino, &policy(&id), &c).unwrap();
+    let before = fs.plaintext_bytes(snap.ino).unwrap();
+    assert_eq!(before, 256 * 1024);
+    let sf = fs.lookup(snap.ino, b"image", &c).unwrap();
+    let secret = marked(8192);
+    let h = fs.open(sf.ino, rw(), &c).unwrap();
+    fs.write(sf.ino, h, 65536, &secret, &c).unwrap();
+    fs.release(sf.ino, h).unwrap();
+    let newf = put(&fs, snap.ino, b"new", &marked(20_000), &c);
+    fs.sync().unwrap();
+    // Reads mix plaintext and encrypted extents without the reader noticing.
+    let mut want = image.clone();
+    want[65536..65536 + 8192].copy_from_slice(&secret);
+    assert_eq!(read_all(&fs, sf.ino, &c).unwrap(), want);
+    assert_eq!(read_all(&fs, newf, &c).unwrap(), marked(20_000));
+    assert_eq!(
+        read_all(&fs, f, &c).unwrap(),
+        image,
+        "the base is untouched"
+    );
+    assert_eq!(fs.plaintext_bytes(snap.ino).unwrap(), before - 8192);
+    // The old extents are still shared with the base.
+    let du = fs.disk_usage(sf.ino).unwrap();
+    assert!(du.shared >= 256 * 1024 - 8192, "{du:?}");
+    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"));
+    // Without the key: plaintext parts of the file are still locked behind the open (ENOKEY).
+    fs.remove_key(&id, true, &c).unwrap();
+    assert_eq!(errno(read_all(&fs, sf.ino, &c)), libc::ENOKEY);
+    assert_eq!(read_all(&fs, f, &c).unwrap(), image);
+    // Keyless maintenance: balance and scrub work, and the data reads back with the key.
+    fs.balance(100, &mut |_, _| {}).unwrap();
+    assert!(fs.scrub(&mut |_, _| {}).unwrap().is_clean());
+    fs.add_key(&KEY, &c).unwrap();
+    assert_eq!(read_all(&fs, sf.ino, &c).unwrap(), want);
+    assert_clean(&fs);
+}
