@@ -278,6 +278,36 @@ fn random_ranges_through_the_kernel_match_a_model() {
         assert_eq!(got.len(), want.len(), "f{i} size");
         assert!(&got == want, "f{i} differs from the model");
     }
+    // cowcrypt reflink inside one file (to a hole past its end, so no old data is freed): a
+    // non-overlapping range is shared; an overlapping one is refused in one line with
+    // nothing changed.
+    let f0 = dir.join("d/f0").to_str().unwrap().to_owned();
+    let before = std::fs::read(&f0).unwrap();
+    let free0 = data_used(bin, &dir);
+    let same = cowcrypt(
+        bin,
+        &["reflink", "--range", "0", "65536", "8388608", &f0, &f0],
+    );
+    assert!(same.status.success(), "{same:?}");
+    let mut want = before.clone();
+    want.resize((8 << 20) + 65_536, 0);
+    want.copy_within(0..65_536, 8 << 20);
+    assert!(
+        std::fs::read(&f0).unwrap() == want,
+        "same-file reflink bytes"
+    );
+    assert_eq!(data_used(bin, &dir), free0, "same-file reflink shares");
+    let bad = cowcrypt(bin, &["reflink", "--range", "0", "8192", "4096", &f0, &f0]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stderr).trim().lines().count(),
+        1
+    );
+    assert!(
+        std::fs::read(&f0).unwrap() == want,
+        "refusal changed nothing"
+    );
+
     let (total, exclusive, shared) = du(bin, &dir.join("d"));
     assert_eq!(total, exclusive + shared);
     assert!(shared > 0, "reflinks between the files are shared");
