@@ -290,3 +290,42 @@ proptest! {
         run(&ops);
     }
 }
+
+/// Reflinks across subvolumes share extents; a read-only snapshot can be a source but never a
+/// destination (EROFS, nothing changed).
+#[test]
+fn reflinks_cross_subvolumes_and_respect_read_only_snapshots() {
+    let (_dev, fs) = new_fs();
+    let c = root();
+    let sv = fs.subvolume_create(ROOT_INO, b"sv", 0o755, &c).unwrap();
+    let data = pattern(32 * B as usize, 3);
+    put(&fs, sv.ino, b"a", &data, &c);
+    let snap = fs
+        .subvolume_snapshot(sv.ino, ROOT_INO, b"ro", true, &c)
+        .unwrap();
+    let ra = fs.lookup(snap.ino, b"a", &c).unwrap().ino;
+    let top = put(&fs, ROOT_INO, b"top", &pattern(8 * B as usize, 4), &c);
+    fs.sync().unwrap();
+    let free = fs.statfs().unwrap().bfree;
+
+    // From the read-only snapshot into the top subvolume: shared, no new data.
+    let (dst, dh) = fs.create(ROOT_INO, b"copy", 0o644, rw(), &c).unwrap();
+    fs.release(dst.ino, dh).unwrap();
+    assert_eq!(fs.reflink(ra, 0, dst.ino, 0, None, &c).unwrap(), 32 * B);
+    fs.sync().unwrap();
+    assert_eq!(fs.statfs().unwrap().bfree, free);
+    assert_eq!(content(&fs, dst.ino), data);
+    let du = fs.disk_usage(dst.ino).unwrap();
+    assert_eq!(
+        (du.exclusive, du.shared, du.set_shared),
+        (0, 32 * B, 32 * B)
+    );
+
+    // Into the read-only snapshot: EROFS, nothing changed.
+    assert_eq!(
+        errno(fs.reflink(top, 0, ra, 0, Some(8 * B), &c)),
+        libc::EROFS
+    );
+    assert_eq!(content(&fs, ra), data);
+    assert_clean(&fs);
+}
