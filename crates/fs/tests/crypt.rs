@@ -260,3 +260,72 @@ fn a_plaintext_snapshot_turned_encrypted_mixes_old_and_new_extents() {
     assert_eq!(read_all(&fs, sf.ino, &c).unwrap(), want);
     assert_clean(&fs);
 }
+
+/// A subvolume nested inside an encrypted container, encrypted with another key: reflinks
+/// between them are refused (EXDEV), and deleting it frees its space.
+#[test]
+fn nested_subvolume_with_another_key() {
+    let (_dev, fs) = new_fs();
+    let c = root();
+    let outer_key = fs.add_key(&KEY, &c).unwrap();
+    let inner_key = fs.add_key(&OTHER_KEY, &c).unwrap();
+    let container = fs
+        .subvolume_create(ROOT_INO, b"container", 0o755, &c)
+        .unwrap();
+    fs.set_policy(container.ino, &policy(&outer_key), &c)
+        .unwrap();
+    let nested = fs
+        .subvolume_create(container.ino, b"nested", 0o755, &c)
+        .unwrap();
+    fs.set_policy(nested.ino, &policy(&inner_key), &c).unwrap();
+    let a = put(&fs, container.ino, b"a", &marked(64 * 1024), &c);
+    let b = put(&fs, nested.ino, b"b", &marked(64 * 1024), &c);
+    let (bb, bh) = fs.create(nested.ino, b"copy", 0o644, rw(), &c).unwrap();
+    let ah = fs.open(a, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    assert_eq!(
+        errno(fs.copy_file_range(a, ah, 0, bb.ino, bh, 0, 65536, &c)),
+        libc::EXDEV
+    );
+    fs.release(a, ah).unwrap();
+    fs.release(bb.ino, bh).unwrap();
+    assert_eq!(read_all(&fs, b, &c).unwrap(), marked(64 * 1024));
+    fs.sync().unwrap();
+    let before = fs.space().unwrap().data_used;
+    fs.subvolume_delete(container.ino, b"nested", &c).unwrap();
+    fs.finish_subvolume_deletions().unwrap();
+    assert!(
+        fs.space().unwrap().data_used < before,
+        "deleting it freed its space"
+    );
+    assert_clean(&fs);
+}
+
+/// 100,000 encrypted extents: no (key, nonce) pair repeats.
+#[test]
+fn a_hundred_thousand_extents_never_repeat_a_nonce() {
+    let dev = new_dev(1024 * MIB);
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    let c = root();
+    let id = fs.add_key(&KEY, &c).unwrap();
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, &c).unwrap();
+    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    let (f, h) = fs.create(d.ino, b"f", 0o644, rw(), &c).unwrap();
+    // Every other block: each written block becomes an extent of its own.
+    let block = vec![0x11u8; 4096];
+    for i in 0..100_000u64 {
+        fs.write(f.ino, h, i * 8192, &block, &c).unwrap();
+    }
+    fs.release(f.ino, h).unwrap();
+    fs.sync().unwrap();
+    let ins = fs.inspect().unwrap();
+    let contexts: Vec<&String> = ins.subvolumes[0]
+        .inodes
+        .iter()
+        .flat_map(|i| i.extents.iter())
+        .filter_map(|e| e.crypt_context.as_ref())
+        .collect();
+    assert!(contexts.len() >= 100_000, "{} extents", contexts.len());
+    // The context holds the key identifier and the nonce: equal contexts would be a repeat.
+    let unique: BTreeSet<&&String> = contexts.iter().collect();
+    assert_eq!(unique.len(), contexts.len());
+}
