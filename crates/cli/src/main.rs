@@ -102,8 +102,9 @@ enum Command {
         source: PathBuf,
         dest: PathBuf,
     },
-    /// Bytes of files on a mount: total, exclusive (freed by deleting them) and shared (with
-    /// a reflink or a snapshot). A directory counts every file below it.
+    /// Bytes of files on a mount: total, exclusive (freed by deleting them), shared (with
+    /// a reflink or a snapshot) and, as btrfs, set shared (the shared bytes counted once
+    /// across all the files of PATH). A directory counts every file below it.
     Du {
         /// Print JSON.
         #[arg(long)]

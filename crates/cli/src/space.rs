@@ -28,22 +28,27 @@ pub fn du(paths: &[std::path::PathBuf], json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{:>10} {:>10} {:>10}  PATH", "TOTAL", "EXCLUSIVE", "SHARED");
+    println!(
+        "{:>10} {:>10} {:>10} {:>10}  PATH",
+        "TOTAL", "EXCLUSIVE", "SHARED", "SET SHARED"
+    );
     for (
         p,
         DiskUsage {
             total,
             exclusive,
             shared,
+            set_shared,
             ..
         },
     ) in rows
     {
         println!(
-            "{:>10} {:>10} {:>10}  {p}",
+            "{:>10} {:>10} {:>10} {:>10}  {p}",
             human(total),
             human(exclusive),
-            human(shared)
+            human(shared),
+            human(set_shared)
         );
     }
     Ok(())

@@ -363,16 +363,18 @@ impl State {
         if src.kind != FileKind::File || dst.kind != FileKind::File {
             return Err(Error::Invalid("copy between non-files"));
         }
-        let overlap = off_in < off_out.saturating_add(len) && off_out < off_in.saturating_add(len);
+        // As Linux: the range is first shortened to the source's end, then checked for overlap.
+        let n = len.min(src.size.saturating_sub(off_in));
+        let overlap = off_in < off_out.saturating_add(n) && off_out < off_in.saturating_add(n);
         if in_obj == out_obj && overlap {
             return Err(Error::Invalid("overlapping copy inside one file"));
         }
-        let n = len.min(src.size.saturating_sub(off_in));
         // Reflink when source and destination offsets sit at the same place inside a block:
         // the whole blocks of the middle are shared, the unaligned edges copied. A partial last
         // block is shared only when it is the source's last block (zeros after its end) and it
-        // ends `dst`, so no byte beyond the range ever becomes visible in `dst`.
-        if n > 0 && in_obj != out_obj && off_in % BLOCK == off_out % BLOCK {
+        // ends `dst`, so no byte beyond the range ever becomes visible in `dst`. Inside one
+        // file the ranges do not overlap (checked above), so neither do their whole blocks.
+        if n > 0 && off_in % BLOCK == off_out % BLOCK {
             let head = ((BLOCK - off_in % BLOCK) % BLOCK).min(n);
             let body = n - head;
             let mut middle = body - body % BLOCK;
@@ -416,7 +418,9 @@ impl State {
                 return Ok(done);
             }
         }
-        self.copy_bytes(in_obj, off_in, out_obj, fh_out, off_out, len, c)
+        // `n`, not `len`: inside one file the copy grows the source as it goes, and Linux
+        // bounds the range by the source's size when the call starts.
+        self.copy_bytes(in_obj, off_in, out_obj, fh_out, off_out, n, c)
     }
 
     /// Copies up to `len` bytes by reading and writing (stops at the source's end).

@@ -773,7 +773,8 @@ impl Filesystem {
     }
 
     /// Bytes of file `ino`, or of every file under directory `ino`: total, exclusive and
-    /// shared (with another file through a reflink, or with a snapshot).
+    /// shared (with another file through a reflink, or with a snapshot), and set shared (the
+    /// shared bytes with each extent byte counted once across the files).
     pub fn disk_usage(&self, ino: Ino) -> Result<DiskUsage> {
         self.op(|s| s.disk_usage(objectid(ino)?))
     }

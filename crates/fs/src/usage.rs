@@ -5,9 +5,11 @@
 //! hard-linked copy is the same file) or the item that references it sits in a leaf another
 //! tree shares (a snapshot not yet written to); otherwise it is *exclusive*: deleting the file
 //! would free it. Totals are the bytes file extent items cover, the figure `st_blocks` shows
-//! and fsck checks.
+//! and fsck checks. As `btrfs filesystem du`, a directory also reports its *set shared* bytes:
+//! the shared bytes of all its files with each byte of an extent counted once, however many
+//! files of the set (or ranges of one file) reference it; `shared` counts them per reference.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use store::Key;
@@ -28,6 +30,9 @@ pub struct DiskUsage {
     pub shared: u64,
     /// Regular files counted (each inode once, whatever its links).
     pub files: u64,
+    /// The bytes of `shared`, each byte of an extent counted once across the whole set.
+    #[serde(default)]
+    pub set_shared: u64,
 }
 
 /// The filesystem's space, as `cowcrypt df` shows it.
@@ -47,6 +52,38 @@ pub struct SpaceReport {
     pub pending_deletion: u64,
 }
 
+/// Shared byte ranges seen so far, per extent (by its start), as disjoint `start -> end` runs
+/// of offsets inside the extent, so a byte referenced twice counts once.
+#[derive(Default)]
+struct SharedSet(BTreeMap<u64, BTreeMap<u64, u64>>);
+
+impl SharedSet {
+    fn add(&mut self, extent: u64, offset: u64, len: u64) {
+        let runs = self.0.entry(extent).or_default();
+        let (mut start, mut end) = (offset, offset.saturating_add(len));
+        // Merge every run that touches [start, end) into one.
+        let touching: Vec<(u64, u64)> = runs
+            .range(..=end)
+            .rev()
+            .take_while(|&(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            runs.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        runs.insert(start, end);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.0
+            .values()
+            .flat_map(|runs| runs.iter().map(|(s, e)| e - s))
+            .sum()
+    }
+}
+
 /// Entries read from a directory at a time while walking.
 const WALK_PAGE: usize = 512;
 
@@ -56,6 +93,7 @@ impl State {
         self.flush_all_data()?;
         let mut du = DiskUsage::default();
         let mut seen = BTreeSet::new();
+        let mut set = SharedSet::default();
         let mut stack = vec![obj];
         while let Some(o) = stack.pop() {
             if !seen.insert(o) {
@@ -64,7 +102,7 @@ impl State {
             let it = self.inode(o)?;
             match it.kind {
                 FileKind::File => {
-                    self.file_usage(o, &mut du)?;
+                    self.file_usage(o, &mut du, &mut set)?;
                     du.files += 1;
                 }
                 FileKind::Dir => {
@@ -83,10 +121,11 @@ impl State {
                 _ => {}
             }
         }
+        du.set_shared = set.bytes();
         Ok(du)
     }
 
-    fn file_usage(&mut self, obj: u64, du: &mut DiskUsage) -> Result<()> {
+    fn file_usage(&mut self, obj: u64, du: &mut DiskUsage, set: &mut SharedSet) -> Result<()> {
         let tree = tree_of(obj);
         for (at, fe) in self.extents(obj, 0, u64::MAX)? {
             du.total += fe.len;
@@ -98,6 +137,7 @@ impl State {
                 .any(|(o, _)| o.root != tree || o.inode != local(obj));
             if leaf_shared || other_owner {
                 du.shared += fe.len;
+                set.add(fe.bytenr, fe.offset, fe.len);
             } else {
                 du.exclusive += fe.len;
             }
@@ -120,5 +160,24 @@ impl State {
             deleting_subvolumes: pending.trees,
             pending_deletion: pending.bytes_estimate,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SharedSet;
+
+    #[test]
+    fn shared_set_counts_each_byte_once() {
+        let mut s = SharedSet::default();
+        s.add(1, 0, 100);
+        s.add(1, 50, 100); // overlaps: 0..150
+        s.add(1, 300, 10);
+        s.add(1, 150, 150); // joins both: 0..310
+        s.add(2, 0, 4096);
+        s.add(2, 0, 4096);
+        assert_eq!(s.bytes(), 310 + 4096);
+        s.add(1, 400, 1);
+        assert_eq!(s.bytes(), 310 + 4096 + 1);
     }
 }

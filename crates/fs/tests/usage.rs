@@ -36,10 +36,13 @@ fn du_splits_exclusive_and_shared_bytes() {
         (1 << 19, 0, 1 << 19)
     );
 
-    // A directory sums its files.
+    // A directory sums its files; set shared counts the extent's bytes once.
+    assert_eq!(du.set_shared, 1 << 20);
+    assert_eq!(dub.set_shared, 1 << 19);
     let all = fs.disk_usage(sv.ino).unwrap();
     assert_eq!(all.total, (1 << 20) + (1 << 19));
     assert_eq!(all.files, 2);
+    assert_eq!((all.shared, all.set_shared), (all.total, 1 << 20));
 
     // A snapshot shares everything until either side writes.
     let snap = fs
