@@ -30,7 +30,7 @@ else
     "$bin" mkfs --size 256M --label quickstart "$work/disk.img"
     mkdir "$mnt"
     "$bin" mount "$work/disk.img" "$mnt"
-    trap 'umount "$mnt" 2>/dev/null; rm -rf "$work"' EXIT
+    trap 'umount "$mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
     echo "-- 1. a base subvolume holds the image"
     "$bin" subvolume create "$mnt/base"
     mkdir -p "$mnt/base/etc"
