@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use fsx::harness::{CowcryptMount, binary_can_mount, mount_tests_can_run};
+use fsx::harness::{CowcryptMount, Scratch};
 
 fn run(bin: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
@@ -40,22 +40,12 @@ fn image_has(image: &Path, needle: &[u8]) -> bool {
 
 #[test]
 fn container_encryption_through_the_mount() {
-    if !mount_tests_can_run("container_encryption_through_the_mount") {
-        return;
-    }
     let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
-    if !binary_can_mount(bin, "container_encryption_through_the_mount") {
+    let Some(scratch) = Scratch::new(bin, "container_encryption_through_the_mount", "256M") else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("cowcrypt-encrypt.")
-        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
-        .expect("scratch dir");
-    let image = tmp.path().join("enc.img");
-    let dir = tmp.path().join("mnt");
-    let log = tmp.path().join("daemon.log");
-    CowcryptMount::mkfs(bin, &image, "256M").expect("mkfs");
-    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    };
+    let (image, dir) = (&scratch.image, &scratch.dir);
+    let mut mount = scratch.mount(bin);
     let s = |p: &str| dir.join(p).to_str().unwrap().to_owned();
     let marker = b"ENCRYPTION-MARKER-7f3a";
     let secret: Vec<u8> = marker.iter().cycle().take(200_000).copied().collect();
@@ -132,19 +122,19 @@ fn container_encryption_through_the_mount() {
 
     mount.unmount().expect("unmount");
     assert!(
-        !image_has(&image, marker),
+        !image_has(image, marker),
         "plaintext marker in the raw image"
     );
-    CowcryptMount::fsck(bin, &image).expect("fsck");
+    CowcryptMount::fsck(bin, image).expect("fsck");
     let scrub = run(bin, &["scrub", image.to_str().unwrap()], None);
     assert!(scrub.status.success(), "keyless scrub: {scrub:?}");
     // Remount: locked until the key is added again.
-    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    let mut mount = scratch.mount(bin);
     let err = std::fs::read(dir.join("c1/secret")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOKEY));
     ok(run(bin, &["key", "add", &s("")], Some(&key)));
     assert_eq!(std::fs::read(dir.join("c1/secret")).unwrap(), secret);
     std::fs::remove_file(dir.join("c1/secret")).unwrap();
     mount.unmount().expect("unmount");
-    assert!(!image_has(&image, marker));
+    assert!(!image_has(image, marker));
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use fsx::harness::{CowcryptMount, binary_can_mount, mount_tests_can_run};
+use fsx::harness::{CowcryptMount, Scratch};
 
 fn cowcrypt(bin: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bin).args(args).output().expect("run cowcrypt")
@@ -21,23 +21,14 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn shrink_and_grow_an_image_keep_every_byte() {
-    if !mount_tests_can_run("shrink_and_grow_an_image_keep_every_byte") {
-        return;
-    }
     let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
-    if !binary_can_mount(bin, "shrink_and_grow_an_image_keep_every_byte") {
+    let Some(scratch) = Scratch::new(bin, "shrink_and_grow_an_image_keep_every_byte", "512M")
+    else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("cowcrypt-resize.")
-        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
-        .expect("scratch dir");
-    let image = tmp.path().join("resize.img");
-    let dir = tmp.path().join("mnt");
-    let log = tmp.path().join("daemon.log");
+    };
+    let (image, dir) = (&scratch.image, &scratch.dir);
     let img = image.to_str().unwrap();
-    CowcryptMount::mkfs(bin, &image, "512M").expect("mkfs");
-    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    let mut mount = scratch.mount(bin);
     // Fill most of it, keep the last files (far on the device) and one early one.
     let mut kept = Vec::new();
     for i in 0..12u8 {
@@ -59,18 +50,18 @@ fn shrink_and_grow_an_image_keep_every_byte() {
     assert!(shrink.status.success(), "{shrink:?}");
     let said = String::from_utf8_lossy(&shrink.stdout);
     assert!(said.contains("-> 200 MiB"), "{said}");
-    assert_eq!(std::fs::metadata(&image).unwrap().len(), 200 << 20);
-    CowcryptMount::fsck(bin, &image).expect("fsck after shrink");
+    assert_eq!(std::fs::metadata(image).unwrap().len(), 200 << 20);
+    CowcryptMount::fsck(bin, image).expect("fsck after shrink");
 
     let tiny = cowcrypt(bin, &["resize", img, "40M"]);
     assert_eq!(tiny.status.code(), Some(1), "{tiny:?}");
     let err = String::from_utf8_lossy(&tiny.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert_eq!(std::fs::metadata(&image).unwrap().len(), 200 << 20);
+    assert_eq!(std::fs::metadata(image).unwrap().len(), 200 << 20);
 
     let grow = cowcrypt(bin, &["resize", img, "1G"]);
     assert!(grow.status.success(), "{grow:?}");
-    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    let mut mount = scratch.mount(bin);
     for (path, i) in &kept {
         assert!(
             std::fs::read(path).expect("read") == data(24 << 20, *i),
@@ -83,27 +74,21 @@ fn shrink_and_grow_an_image_keep_every_byte() {
             .expect("write after grow");
     }
     mount.unmount().expect("unmount");
-    CowcryptMount::fsck(bin, &image).expect("fsck after grow");
+    CowcryptMount::fsck(bin, image).expect("fsck after grow");
 }
 
 #[test]
 fn balance_on_a_mount_then_offline_keeps_every_byte() {
-    if !mount_tests_can_run("balance_on_a_mount_then_offline_keeps_every_byte") {
-        return;
-    }
     let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
-    if !binary_can_mount(bin, "balance_on_a_mount_then_offline_keeps_every_byte") {
+    let Some(scratch) = Scratch::new(
+        bin,
+        "balance_on_a_mount_then_offline_keeps_every_byte",
+        "512M",
+    ) else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("cowcrypt-balance.")
-        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
-        .expect("scratch dir");
-    let image = tmp.path().join("balance.img");
-    let dir = tmp.path().join("mnt");
-    let log = tmp.path().join("daemon.log");
-    CowcryptMount::mkfs(bin, &image, "512M").expect("mkfs");
-    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    };
+    let (image, dir) = (&scratch.image, &scratch.dir);
+    let mut mount = scratch.mount(bin);
     for i in 0..12u8 {
         std::fs::write(dir.join(format!("f{i}")), data(20 << 20, i)).expect("write");
     }
@@ -123,5 +108,5 @@ fn balance_on_a_mount_then_offline_keeps_every_byte() {
     mount.unmount().expect("unmount");
     let offline = cowcrypt(bin, &["balance", image.to_str().unwrap()]);
     assert!(offline.status.success(), "{offline:?}");
-    CowcryptMount::fsck(bin, &image).expect("fsck after balance");
+    CowcryptMount::fsck(bin, image).expect("fsck after balance");
 }

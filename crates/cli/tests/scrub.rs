@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use fsx::harness::{CowcryptMount, binary_can_mount, mount_tests_can_run};
+use fsx::harness::Scratch;
 
 fn cowcrypt(bin: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bin).args(args).output().expect("run cowcrypt")
@@ -15,23 +15,17 @@ fn cowcrypt(bin: &Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn scrub_reports_the_path_and_offset_of_a_bad_sector() {
-    if !mount_tests_can_run("scrub_reports_the_path_and_offset_of_a_bad_sector") {
-        return;
-    }
     let bin = Path::new(env!("CARGO_BIN_EXE_cowcrypt"));
-    if !binary_can_mount(bin, "scrub_reports_the_path_and_offset_of_a_bad_sector") {
+    let Some(scratch) = Scratch::new(
+        bin,
+        "scrub_reports_the_path_and_offset_of_a_bad_sector",
+        "256M",
+    ) else {
         return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("cowcrypt-scrub.")
-        .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
-        .expect("scratch dir");
-    let image = tmp.path().join("scrub.img");
-    let dir = tmp.path().join("mnt");
-    let log = tmp.path().join("daemon.log");
+    };
+    let (image, dir) = (&scratch.image, &scratch.dir);
     let img = image.to_str().unwrap();
-    CowcryptMount::mkfs(bin, &image, "256M").expect("mkfs");
-    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    let mut mount = scratch.mount(bin);
     std::fs::create_dir(dir.join("docs")).unwrap();
     let body: Vec<u8> = (0..65536u32).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::write(dir.join("docs/report"), &body).unwrap();
@@ -55,7 +49,7 @@ fn scrub_reports_the_path_and_offset_of_a_bad_sector() {
     let f = std::fs::File::options()
         .read(true)
         .write(true)
-        .open(&image)
+        .open(image)
         .unwrap();
     let mut b = [0u8; 1];
     let at = physical + 5 * 4096 + 77;
@@ -67,7 +61,7 @@ fn scrub_reports_the_path_and_offset_of_a_bad_sector() {
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains("/docs/report offset 20480"), "{out}");
-    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    let mut mount = scratch.mount(bin);
     let bad = cowcrypt(bin, &["scrub", dir.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
     let out = String::from_utf8_lossy(&bad.stdout);

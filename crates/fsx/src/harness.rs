@@ -49,6 +49,50 @@ pub fn binary_can_mount(bin: &Path, test: &str) -> bool {
     false
 }
 
+/// One mount test's scratch directory (under `$COWCRYPT_SCRATCH`, default `/var/tmp`, never a
+/// tmpfs), with a fresh image in it; removed on drop.
+pub struct Scratch {
+    tmp: tempfile::TempDir,
+    /// The image file.
+    pub image: PathBuf,
+    /// Where it mounts.
+    pub dir: PathBuf,
+    /// The daemon's log.
+    pub log: PathBuf,
+}
+
+impl Scratch {
+    /// The checks of [`mount_tests_can_run`] and [`binary_can_mount`] (`None`: skip), then
+    /// a scratch directory with an image of `size` (`512M`, `1G`...) made by `bin mkfs`.
+    pub fn new(bin: &Path, test: &str, size: &str) -> Option<Scratch> {
+        if !mount_tests_can_run(test) || !binary_can_mount(bin, test) {
+            return None;
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("cowcrypt-{test}."))
+            .tempdir_in(std::env::var("COWCRYPT_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()))
+            .expect("scratch dir");
+        let image = tmp.path().join("test.img");
+        CowcryptMount::mkfs(bin, &image, size).expect("mkfs");
+        Some(Scratch {
+            dir: tmp.path().join("mnt"),
+            log: tmp.path().join("daemon.log"),
+            image,
+            tmp,
+        })
+    }
+
+    /// The scratch directory itself.
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Mounts the image on [`Scratch::dir`].
+    pub fn mount(&self, bin: &Path) -> CowcryptMount {
+        CowcryptMount::mount(bin, &self.image, &self.dir, &self.log).expect("mount")
+    }
+}
+
 /// True when `dir` is a mount point (its path appears in /proc/self/mountinfo).
 pub fn is_mount_point(dir: &Path) -> io::Result<bool> {
     let dir = fs::canonicalize(dir)?;

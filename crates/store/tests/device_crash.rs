@@ -9,9 +9,13 @@
 //!
 //! COWCRYPT_CRASH_OPS scales the workload (default 2000 device operations).
 
+mod common;
+
+use common::ToyCrypt;
+
 use store::chunk::{ChunkKind, ChunkMap, ChunkMapping, FIRST_LOGICAL, PHYSICAL_START};
 use store::crash::{CrashKind, CrashOptions, DeviceOp, RecordingDevice, SplitMix64, crash_images};
-use store::data_io::{CryptError, DataCrypt, DataIo};
+use store::data_io::DataIo;
 use store::superblock::{Superblock, TreeRoot, read_superblock, write_superblocks};
 use store::{BlockDevice, MemDevice};
 
@@ -19,32 +23,6 @@ const CHUNK_LEN: u64 = 512 << 10;
 const DEVICE_SIZE: u64 = PHYSICAL_START + CHUNK_LEN;
 const SLOT: u64 = 16 << 10;
 const SLOTS: u64 = CHUNK_LEN / SLOT;
-
-/// A test-only cipher: XOR with bytes derived from the data unit number.
-struct ToyCrypt;
-
-impl ToyCrypt {
-    fn xor(first: u64, buf: &mut [u8]) {
-        for (i, unit) in buf.chunks_mut(4096).enumerate() {
-            let key = (first + i as u64).wrapping_mul(0x9e37_79b9) as u8 | 1;
-            unit.iter_mut().for_each(|b| *b ^= key);
-        }
-    }
-}
-
-impl DataCrypt for ToyCrypt {
-    fn data_unit_size(&self) -> usize {
-        4096
-    }
-    fn encrypt(&self, first: u64, buf: &mut [u8]) -> Result<(), CryptError> {
-        Self::xor(first, buf);
-        Ok(())
-    }
-    fn decrypt(&self, first: u64, buf: &mut [u8]) -> Result<(), CryptError> {
-        Self::xor(first, buf);
-        Ok(())
-    }
-}
 
 fn data_chunk() -> ChunkMapping {
     ChunkMapping {

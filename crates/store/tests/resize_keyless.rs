@@ -3,36 +3,13 @@
 //! reads back through the context byte for byte; its stored bytes are still ciphertext. The same
 //! holds for balance's move of one extent: a raw copy, written with no context.
 
+mod common;
+
+use common::ToyCrypt;
+
 use std::sync::Arc;
 
-use store::data_io::{CryptError, DataCrypt};
 use store::{BlockDevice, DataRefOwner, MemDevice, MkfsOptions, Store, tree_id};
-
-/// A test-only cipher: XOR with bytes derived from the data unit number.
-struct ToyCrypt;
-
-impl ToyCrypt {
-    fn xor(first: u64, buf: &mut [u8]) {
-        for (i, unit) in buf.chunks_mut(4096).enumerate() {
-            let key = (first + i as u64).wrapping_mul(0x9e37_79b9) as u8 | 1;
-            unit.iter_mut().for_each(|b| *b ^= key);
-        }
-    }
-}
-
-impl DataCrypt for ToyCrypt {
-    fn data_unit_size(&self) -> usize {
-        4096
-    }
-    fn encrypt(&self, first: u64, buf: &mut [u8]) -> Result<(), CryptError> {
-        Self::xor(first, buf);
-        Ok(())
-    }
-    fn decrypt(&self, first: u64, buf: &mut [u8]) -> Result<(), CryptError> {
-        Self::xor(first, buf);
-        Ok(())
-    }
-}
 
 const MIB: u64 = 1 << 20;
 
