@@ -748,26 +748,10 @@ impl Filesystem {
         self.op(|s| {
             s.flush_all_data()?;
             let mut total = 0;
-            let mut stack = vec![objectid(ino)?];
-            let mut seen = std::collections::BTreeSet::new();
-            while let Some(o) = stack.pop() {
-                if !seen.insert(o) {
-                    continue;
-                }
-                match s.inode(o)?.kind {
-                    crate::FileKind::File => total += s.plaintext_bytes(o)?,
-                    crate::FileKind::Dir => {
-                        let mut after = 0;
-                        loop {
-                            let page = s.dir_entries(o, after, 512)?;
-                            let Some(last) = page.last() else { break };
-                            after = last.index;
-                            stack.extend(page.iter().map(|e| e.child));
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            s.walk_files(objectid(ino)?, &mut |s, o| {
+                total += s.plaintext_bytes(o)?;
+                Ok(())
+            })?;
             Ok(total)
         })
     }

@@ -92,19 +92,31 @@ impl State {
     pub(crate) fn disk_usage(&mut self, obj: u64) -> Result<DiskUsage> {
         self.flush_all_data()?;
         let mut du = DiskUsage::default();
-        let mut seen = BTreeSet::new();
         let mut set = SharedSet::default();
+        self.walk_files(obj, &mut |s, o| {
+            s.file_usage(o, &mut du, &mut set)?;
+            du.files += 1;
+            Ok(())
+        })?;
+        du.set_shared = set.bytes();
+        Ok(du)
+    }
+
+    /// Calls `f` once for `obj` if it is a regular file, or for every regular file below it
+    /// if it is a directory (into nested subvolumes); each inode once, whatever its links.
+    pub(crate) fn walk_files(
+        &mut self,
+        obj: u64,
+        f: &mut dyn FnMut(&mut State, u64) -> Result<()>,
+    ) -> Result<()> {
+        let mut seen = BTreeSet::new();
         let mut stack = vec![obj];
         while let Some(o) = stack.pop() {
             if !seen.insert(o) {
                 continue;
             }
-            let it = self.inode(o)?;
-            match it.kind {
-                FileKind::File => {
-                    self.file_usage(o, &mut du, &mut set)?;
-                    du.files += 1;
-                }
+            match self.inode(o)?.kind {
+                FileKind::File => f(self, o)?,
                 FileKind::Dir => {
                     let mut after = 0;
                     loop {
@@ -121,8 +133,7 @@ impl State {
                 _ => {}
             }
         }
-        du.set_shared = set.bytes();
-        Ok(du)
+        Ok(())
     }
 
     fn file_usage(&mut self, obj: u64, du: &mut DiskUsage, set: &mut SharedSet) -> Result<()> {
