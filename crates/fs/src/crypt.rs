@@ -13,13 +13,16 @@
 //! removed key INCOMPLETELY_REMOVED until the last one closes. Names are not encrypted yet.
 
 use fscrypt::common::CryptCommon;
+use fscrypt::contents::FsParams;
 use fscrypt::context::InodeContext;
 use fscrypt::extent::{ExtentContext, ExtentCryptInfo};
+use fscrypt::inode::{InodeCryptInfo, InodeKind};
 use fscrypt::policy::{FsCapabilities, PolicyV2};
+use fscrypt::symlink;
 use store::{CryptError, DataCrypt, Key};
 
 use crate::error::{Error, Result};
-use crate::items::{ROOT_OBJECTID, ty};
+use crate::items::{ROOT_OBJECTID, SYMLINK_MAX, ty};
 use crate::state::{State, global, local, subvol_of};
 use crate::types::{Caller, FileKind};
 
@@ -256,6 +259,71 @@ impl State {
         match self.effective_policy(dst)? {
             Some(p) if ctx.check_matches(&p).is_ok() => Ok(()),
             _ => Err(Error::CrossDevice),
+        }
+    }
+
+    /// The names cipher of encrypted symlink `obj` (its own per-file key), or `None` when it
+    /// is not encrypted; ENOKEY without the key.
+    fn symlink_cipher(&mut self, obj: u64) -> Result<Option<InodeCryptInfo>> {
+        let Some(ctx) = self.inode_context(obj)? else {
+            return Ok(None);
+        };
+        let key = self
+            .keyring
+            .unlock(ctx.policy().master_key_identifier())
+            .map_err(crypt_error)?;
+        let common = CryptCommon::new(*ctx.policy(), key).map_err(crypt_error)?;
+        // The UUID only enters IV_INO_LBLK_* keys, which per-extent policies refuse.
+        let fs = FsParams {
+            uuid: [0; 16],
+            block_size_bits: BLOCK_BITS,
+        };
+        InodeCryptInfo::new(common, &ctx, local(obj), InodeKind::Symlink, &fs)
+            .map(Some)
+            .map_err(crypt_error)
+    }
+
+    /// The bytes to store for symlink `obj`'s target: Linux's encrypted blob when the symlink
+    /// is encrypted (length word, padded CTS/HCTR2 ciphertext, NUL), else the target itself.
+    pub(crate) fn symlink_to_store(&mut self, obj: u64, target: &[u8]) -> Result<Vec<u8>> {
+        let Some(info) = self.symlink_cipher(obj)? else {
+            return Ok(target.to_vec());
+        };
+        let padding = info.common().policy().padding();
+        let cipher = info.filenames().map_err(crypt_error)?;
+        symlink::encrypt_target(cipher, target, padding, SYMLINK_MAX).map_err(|e| match e {
+            fscrypt::Error::NameTooLong { .. } => Error::NameTooLong,
+            e => crypt_error(e),
+        })
+    }
+
+    /// ENAMETOOLONG when `target`, encrypted under `parent`'s policy, would not fit.
+    pub(crate) fn check_symlink_fits(&mut self, parent: u64, target: &[u8]) -> Result<()> {
+        if let Some(p) = self.effective_policy(parent)? {
+            symlink::encrypted_symlink_size(target.len(), p.padding(), SYMLINK_MAX)
+                .map_err(|_| Error::NameTooLong)?;
+        }
+        Ok(())
+    }
+
+    /// What readlink shows for stored bytes of symlink `obj`: the target, decrypted when it is
+    /// encrypted; without the key, the no-key form of the ciphertext (as Linux shows it).
+    pub(crate) fn symlink_from_store(&mut self, obj: u64, stored: Vec<u8>) -> Result<Vec<u8>> {
+        if self.inode_context(obj)?.is_none() {
+            return Ok(stored);
+        }
+        let corrupt =
+            |e: fscrypt::Error| Error::corrupt(&Key::new(obj, ty::SYMLINK, 0), e.to_string());
+        match self.symlink_cipher(obj) {
+            Ok(Some(info)) => {
+                let cipher = info.filenames().map_err(crypt_error)?;
+                symlink::decrypt_target(cipher, &stored, SYMLINK_MAX).map_err(corrupt)
+            }
+            Ok(None) => Ok(stored),
+            Err(Error::NoKey) => symlink::nokey_target(&stored, SYMLINK_MAX)
+                .map(String::into_bytes)
+                .map_err(corrupt),
+            Err(e) => Err(e),
         }
     }
 

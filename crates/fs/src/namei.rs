@@ -67,6 +67,10 @@ impl State {
         }
         // No new names in an encrypted directory without its key (ENOKEY, as Linux).
         self.require_key_for(parent)?;
+        if let Some(t) = target {
+            // An encrypted target must fit once padded and encrypted: refused before any change.
+            self.check_symlink_fits(parent, t)?;
+        }
         if kind == FileKind::Dir && d.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
@@ -99,11 +103,13 @@ impl State {
             self.put_xattr(obj, acl::DEFAULT_XATTR, Some(&d))?;
         }
         if let Some(t) = target {
-            for (i, piece) in t.chunks(SYMLINK_CHUNK).enumerate() {
+            // Encrypted under the symlink's own key when it inherited a policy.
+            let stored = self.symlink_to_store(obj, t)?;
+            for (i, piece) in stored.chunks(SYMLINK_CHUNK).enumerate() {
                 let key = Key::new(obj, ty::SYMLINK, (i * SYMLINK_CHUNK) as u64);
                 self.put(key, &items::encode_symlink_piece(piece))?;
             }
-            it.size = t.len() as u64;
+            it.size = stored.len() as u64;
             self.put_inode(obj, &it)?;
         }
         self.add_entry(parent, name, obj, kind)?;
@@ -141,7 +147,7 @@ impl State {
                 return Err(Error::corrupt(&k, "symlink target too long"));
             }
         }
-        Ok(out)
+        self.symlink_from_store(obj, out)
     }
 
     pub(crate) fn link(&mut self, obj: u64, parent: u64, name: &[u8], c: &Caller) -> Result<Attr> {

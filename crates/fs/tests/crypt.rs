@@ -329,3 +329,38 @@ fn a_hundred_thousand_extents_never_repeat_a_nonce() {
     let unique: BTreeSet<&&String> = contexts.iter().collect();
     assert_eq!(unique.len(), contexts.len());
 }
+
+/// Symlink targets in an encrypted directory are stored encrypted (Linux's blob); readlink gives
+/// the target with the key and the no-key form of its ciphertext without it.
+#[test]
+fn symlink_targets_are_encrypted() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let id = fs.add_key(&KEY, &c).unwrap();
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, &c).unwrap();
+    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    let target = b"../LINK-TARGET-MARKER/somewhere/deep";
+    let l = fs.symlink(d.ino, b"link", target, &c).unwrap();
+    assert_eq!(fs.readlink(l.ino).unwrap(), target);
+    let plain = fs.symlink(ROOT_INO, b"plain", b"plain-target", &c).unwrap();
+    assert_eq!(fs.readlink(plain.ino).unwrap(), b"plain-target");
+    // Too long once padded: refused, nothing made.
+    let long = vec![b'x'; 4094];
+    assert_eq!(
+        errno(fs.symlink(d.ino, b"long", &long, &c)),
+        libc::ENAMETOOLONG
+    );
+    fs.sync().unwrap();
+    assert!(!device_has(&dev, b"LINK-TARGET-MARKER"));
+    assert_clean(&fs);
+    fs.remove_key(&id, true, &c).unwrap();
+    let nokey = fs.readlink(l.ino).unwrap();
+    assert_ne!(nokey, target);
+    assert!(
+        !nokey.is_empty() && nokey.iter().all(|b| b.is_ascii_graphic()),
+        "{nokey:?}"
+    );
+    fs.add_key(&KEY, &c).unwrap();
+    assert_eq!(fs.readlink(l.ino).unwrap(), target);
+    assert_clean(&fs);
+}
