@@ -17,12 +17,13 @@ use fscrypt::contents::FsParams;
 use fscrypt::context::InodeContext;
 use fscrypt::extent::{ExtentContext, ExtentCryptInfo};
 use fscrypt::inode::{InodeCryptInfo, InodeKind};
+use fscrypt::nokey::NoKeyName;
 use fscrypt::policy::{FsCapabilities, PolicyV2};
 use fscrypt::symlink;
 use store::{CryptError, DataCrypt, Key};
 
 use crate::error::{Error, Result};
-use crate::items::{ROOT_OBJECTID, SYMLINK_MAX, ty};
+use crate::items::{INODE_FLAG_ENCRYPTED_NAMES, ROOT_OBJECTID, SYMLINK_MAX, ty};
 use crate::state::{State, global, local, subvol_of};
 use crate::types::{Caller, FileKind};
 
@@ -236,7 +237,15 @@ impl State {
             return Err(Error::NoKey);
         }
         let ctx = InodeContext::new_random(policy).map_err(crypt_error)?;
-        self.put_context(obj, &ctx)
+        self.put_context(obj, &ctx)?;
+        // Names are encrypted from the start only: a non-empty subvolume root keeps its
+        // existing (plaintext) names and so stores new ones plainly too.
+        if !self.dir_has_entries(obj)? {
+            let mut it = self.inode(obj)?;
+            it.flags |= INODE_FLAG_ENCRYPTED_NAMES;
+            self.put_inode(obj, &it)?;
+        }
+        Ok(())
     }
 
     /// Whether a link or rename of `child` into `dir` keeps encryption consistent: into an
@@ -323,6 +332,84 @@ impl State {
             Err(Error::NoKey) => symlink::nokey_target(&stored, SYMLINK_MAX)
                 .map(String::into_bytes)
                 .map_err(corrupt),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether directory `dir` stores its entry names encrypted.
+    pub(crate) fn names_encrypted(&mut self, dir: u64) -> Result<bool> {
+        Ok(self.inode(dir)?.flags & INODE_FLAG_ENCRYPTED_NAMES != 0)
+    }
+
+    /// The names cipher of encrypted directory `dir`; ENOKEY without the key.
+    fn dir_names(&mut self, dir: u64) -> Result<InodeCryptInfo> {
+        let ctx = self.inode_context(dir)?.ok_or_else(|| {
+            Error::corrupt(&Key::new(dir, ty::INODE, 0), "encrypted names, no context")
+        })?;
+        let key = self
+            .keyring
+            .unlock(ctx.policy().master_key_identifier())
+            .map_err(crypt_error)?;
+        let common = CryptCommon::new(*ctx.policy(), key).map_err(crypt_error)?;
+        let fs = FsParams {
+            uuid: [0; 16],
+            block_size_bits: BLOCK_BITS,
+        };
+        InodeCryptInfo::new(common, &ctx, local(dir), InodeKind::Directory, &fs)
+            .map_err(crypt_error)
+    }
+
+    /// The stored form of `name` in directory `dir`: itself, or in an encrypted directory its
+    /// padded ciphertext. Without the key a new name is ENOKEY, while an existing entry is
+    /// found by its no-key name (as Linux's lookup, unlink and rmdir do).
+    pub(crate) fn stored_name(&mut self, dir: u64, name: &[u8], creating: bool) -> Result<Vec<u8>> {
+        if name == b"." || name == b".." || !self.names_encrypted(dir)? {
+            return Ok(name.to_vec());
+        }
+        match self.dir_names(dir) {
+            Ok(info) => {
+                let padding = info.common().policy().padding();
+                let cipher = info.filenames().map_err(crypt_error)?;
+                cipher
+                    .encrypt(name, padding, crate::types::NAME_MAX)
+                    .map_err(|_| Error::NameTooLong)
+            }
+            Err(Error::NoKey) if !creating => {
+                let nk = NoKeyName::decode(name).ok_or(Error::NotFound)?;
+                if let Some(d) = nk.disk_name() {
+                    return Ok(d.to_vec());
+                }
+                // An abbreviated no-key name: the entry whose ciphertext it matches.
+                let mut after = 0;
+                loop {
+                    let page = self.dir_entries(dir, after, 512)?;
+                    let Some(last) = page.last() else {
+                        return Err(Error::NotFound);
+                    };
+                    after = last.index;
+                    if let Some(e) = page.iter().find(|e| nk.matches(&e.name)) {
+                        return Ok(e.name.clone());
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What readdir shows for a stored name of `dir`: decrypted with the key, the no-key name
+    /// of its ciphertext without it.
+    pub(crate) fn shown_name(&mut self, dir: u64, stored: Vec<u8>) -> Result<Vec<u8>> {
+        if !self.names_encrypted(dir)? {
+            return Ok(stored);
+        }
+        match self.dir_names(dir) {
+            Ok(info) => {
+                let cipher = info.filenames().map_err(crypt_error)?;
+                cipher
+                    .decrypt(&stored)
+                    .map_err(|e| Error::corrupt(&Key::new(dir, ty::DIR_INDEX, 0), e.to_string()))
+            }
+            Err(Error::NoKey) => Ok(fscrypt::nokey::encode(&stored, 0, 0).into_bytes()),
             Err(e) => Err(e),
         }
     }

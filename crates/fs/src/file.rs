@@ -497,10 +497,11 @@ impl State {
         if left > 0 {
             let after = cookie.max(FIRST_DIR_INDEX - 1);
             for e in self.dir_entries(obj, after, left)? {
+                let name = self.shown_name(obj, e.name)?;
                 out.push(DirEntry {
                     ino: e.child,
                     kind: e.kind,
-                    name: e.name,
+                    name,
                     cookie: e.index,
                 });
             }

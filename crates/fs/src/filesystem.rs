@@ -16,7 +16,7 @@ use crate::inspect::Inspection;
 use crate::items::{self, FileExtent, InodeItem, ROOT_OBJECTID, SubvolInfo, ty};
 use crate::keys::{KeyRemoval, KeyStatusReport};
 use crate::scrub::ScrubReport;
-use crate::state::{State, TREE, objectid};
+use crate::state::{State, TREE, check_name, objectid};
 use crate::subvol::{SubvolumeEntry, SubvolumeList};
 use crate::types::{
     Attr, Caller, DirEntry, FallocMode, Fh, FileKind, Ino, MkfsOptions, OpenFlags, OpenOptions,
@@ -593,7 +593,10 @@ impl Filesystem {
         c: &Caller,
     ) -> Result<Attr> {
         self.op(|s| {
-            let attr = s.subvolume_create(objectid(parent)?, name, mode, c)?;
+            check_name(name)?;
+            let parent = objectid(parent)?;
+            let name = s.stored_name(parent, name, true)?;
+            let attr = s.subvolume_create(parent, &name, mode, c)?;
             s.commit()?;
             Ok(attr)
         })
@@ -611,8 +614,10 @@ impl Filesystem {
         c: &Caller,
     ) -> Result<Attr> {
         self.op(|s| {
-            let attr =
-                s.subvolume_snapshot(objectid(source)?, objectid(parent)?, name, read_only, c)?;
+            check_name(name)?;
+            let parent = objectid(parent)?;
+            let name = s.stored_name(parent, name, true)?;
+            let attr = s.subvolume_snapshot(objectid(source)?, parent, &name, read_only, c)?;
             s.commit()?;
             Ok(attr)
         })
@@ -624,7 +629,10 @@ impl Filesystem {
     /// counts it from then on (its progress is read from the last commit).
     pub fn subvolume_delete(&self, parent: Ino, name: &[u8], c: &Caller) -> Result<()> {
         self.op(|s| {
-            s.subvolume_delete(objectid(parent)?, name, c)?;
+            check_name(name)?;
+            let parent = objectid(parent)?;
+            let name = s.stored_name(parent, name, false)?;
+            s.subvolume_delete(parent, &name, c)?;
             s.commit()
         })
     }

@@ -41,6 +41,9 @@ pub mod ty {
 pub const ORPHAN_OBJECTID: u64 = 1 << 48;
 /// Object id of a subvolume's root directory.
 pub const ROOT_OBJECTID: u64 = 1;
+/// INODE flag of a directory whose entry names are stored encrypted (it was empty when its
+/// policy was set, or was made under one).
+pub const INODE_FLAG_ENCRYPTED_NAMES: u64 = 1;
 /// Object id of the stand-in a snapshot shows for a nested subvolume it does not contain (an
 /// empty, unchangeable directory, as btrfs shows): never an inode on disk.
 pub const EMPTY_DIR_OBJECTID: u64 = (1 << 48) - 1;

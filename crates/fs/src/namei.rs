@@ -26,6 +26,7 @@ impl State {
     pub(crate) fn lookup(&mut self, parent: u64, name: &[u8], c: &Caller) -> Result<Attr> {
         check_name(name)?;
         self.search(parent, c)?;
+        let name: &[u8] = &self.stored_name(parent, name, false)?;
         let obj = match name {
             b"." => parent,
             b".." => self.parent_of(parent)?,
@@ -49,6 +50,8 @@ impl State {
         c: &Caller,
     ) -> Result<Attr> {
         check_name(name)?;
+        // Stored encrypted in an encrypted directory (ENOKEY without the key).
+        let name: &[u8] = &self.stored_name(parent, name, true)?;
         if let Some(t) = target {
             if t.len() > SYMLINK_MAX {
                 return Err(Error::NameTooLong);
@@ -96,6 +99,11 @@ impl State {
         }
         let (obj, mut it) = self.new_inode(subvol_of(parent), kind, perm, c.uid, gid, rdev)?;
         self.inherit_policy(parent, obj, kind)?;
+        if kind == FileKind::Dir && self.effective_policy(parent)?.is_some() {
+            // Made under a policy: its names are encrypted from the start.
+            it.flags |= crate::items::INODE_FLAG_ENCRYPTED_NAMES;
+            self.put_inode(obj, &it)?;
+        }
         if let Some(a) = access {
             self.put_xattr(obj, acl::ACCESS_XATTR, Some(&a.encode()))?;
         }
@@ -155,6 +163,7 @@ impl State {
         if subvol_of(obj) != subvol_of(parent) {
             return Err(Error::CrossDevice);
         }
+        let name: &[u8] = &self.stored_name(parent, name, true)?;
         self.writable(parent)?;
         let mut it = self.inode(obj)?;
         if it.kind == FileKind::Dir {
@@ -181,6 +190,7 @@ impl State {
 
     pub(crate) fn unlink(&mut self, parent: u64, name: &[u8], c: &Caller) -> Result<()> {
         check_name(name)?;
+        let name: &[u8] = &self.stored_name(parent, name, false)?;
         self.writable_for_delete(parent)?;
         let d = self.may_change_dir(parent, c)?;
         if dot(name) {
@@ -206,6 +216,7 @@ impl State {
             b".." => return Err(Error::NotEmpty),
             _ => {}
         }
+        let name: &[u8] = &self.stored_name(parent, name, false)?;
         self.writable_for_delete(parent)?;
         let d = self.may_change_dir(parent, c)?;
         let e = self.find_entry(parent, name)?.ok_or(Error::NotFound)?;
@@ -274,6 +285,11 @@ impl State {
         if flags.noreplace && flags.exchange {
             return Err(Error::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE"));
         }
+        if dot(name) || dot(new_name) {
+            return Err(Error::Invalid("rename of . or .."));
+        }
+        let name: &[u8] = &self.stored_name(p, name, false)?;
+        let new_name = &self.stored_name(np, new_name, true)?;
         if dot(name) || dot(new_name) {
             return Err(Error::Invalid("rename of . or .."));
         }

@@ -13,7 +13,7 @@ use crate::items::{
     SubvolRoot, ty,
 };
 use crate::perm::sticky_ok;
-use crate::state::{MAX_SUBVOL, State, check_name, global, local, subvol_of, subvol_tree};
+use crate::state::{MAX_SUBVOL, State, global, local, subvol_of, subvol_tree};
 use crate::types::{Attr, Caller, FileKind, Ino, Timespec};
 
 /// One subvolume as `subvolume list` and `show` report it.
@@ -124,8 +124,9 @@ impl State {
     }
 
     /// The checks of mkdir for a new entry `name` in `parent`.
+    /// `name` is the stored name (the caller checked and, in an encrypted directory,
+    /// encrypted it).
     fn new_link_ok(&mut self, parent: u64, name: &[u8], c: &Caller) -> Result<InodeItem> {
-        check_name(name)?;
         self.writable(parent)?;
         let d = self.may_change_dir(parent, c)?;
         if d.nlink == 0 {
@@ -249,8 +250,8 @@ impl State {
 
     /// Deletes the subvolume linked as `name` in `parent`: its entry goes now, its space is
     /// released in the background.
+    /// `name` is the stored name (see [`State::stored_name`]).
     pub(crate) fn subvolume_delete(&mut self, parent: u64, name: &[u8], c: &Caller) -> Result<()> {
-        check_name(name)?;
         self.writable_for_delete(parent)?;
         let d = self.may_change_dir(parent, c)?;
         let e = self.find_entry(parent, name)?.ok_or(Error::NotFound)?;

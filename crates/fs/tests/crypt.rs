@@ -192,8 +192,15 @@ fn encrypted_directory_end_to_end() {
     let stats = fs.keyring_stats();
     assert_eq!(stats.keys, 1, "only the other key: {stats:?}");
     assert_eq!(stats.pins, 0, "{stats:?}");
-    // Names and attributes still work without the key.
-    assert!(names(&fs, sub.ino).contains(&b"file".to_vec()));
+    // Names (no-key names now) and attributes still work without the key.
+    let listed = names(&fs, sub.ino);
+    assert_eq!(listed.len(), 4, "file and from-plain: {listed:?}");
+    assert!(!listed.contains(&b"file".to_vec()));
+    assert!(
+        listed[2..]
+            .iter()
+            .any(|n| fs.lookup(sub.ino, n, &c).unwrap().ino == f)
+    );
     assert_eq!(fs.getattr(f).unwrap().size, body.len() as u64);
     // Re-adding the key restores access, including what was written during removal.
     fs.add_key(&KEY, &c).unwrap();
@@ -362,5 +369,98 @@ fn symlink_targets_are_encrypted() {
     );
     fs.add_key(&KEY, &c).unwrap();
     assert_eq!(fs.readlink(l.ino).unwrap(), target);
+    assert_clean(&fs);
+}
+
+/// Names in an encrypted directory are stored encrypted; without the key readdir shows no-key
+/// names, and lookup, stat, unlink and rmdir by them work, while creating a name is ENOKEY.
+#[test]
+fn names_are_encrypted_and_reachable_by_no_key_names() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let id = fs.add_key(&KEY, &c).unwrap();
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, &c).unwrap();
+    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    let long: Vec<u8> = b"NAME-MARKER-".iter().cycle().take(200).copied().collect();
+    put(&fs, d.ino, b"NAME-MARKER-short", b"one", &c);
+    put(&fs, d.ino, &long, b"two", &c);
+    let sub = fs.mkdir(d.ino, b"NAME-MARKER-dir", 0o755, &c).unwrap();
+    put(&fs, sub.ino, b"NAME-MARKER-inner", b"three", &c);
+    fs.mkdir(d.ino, b"NAME-MARKER-empty", 0o755, &c).unwrap();
+    let mut want: Vec<Vec<u8>> = vec![
+        b".".to_vec(),
+        b"..".to_vec(),
+        b"NAME-MARKER-short".to_vec(),
+        long.clone(),
+        b"NAME-MARKER-dir".to_vec(),
+        b"NAME-MARKER-empty".to_vec(),
+    ];
+    let mut got = names(&fs, d.ino);
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(names(&fs, sub.ino)[2], b"NAME-MARKER-inner");
+    // Renames inside the directory keep working with the key.
+    fs.rename(
+        d.ino,
+        b"NAME-MARKER-short",
+        d.ino,
+        b"NAME-MARKER-renamed",
+        RenameFlags::default(),
+        &c,
+    )
+    .unwrap();
+    fs.sync().unwrap();
+    assert!(
+        !device_has(&dev, b"NAME-MARKER-"),
+        "a name in clear on the device"
+    );
+    assert_clean(&fs);
+
+    fs.remove_key(&id, true, &c).unwrap();
+    let nokey: Vec<Vec<u8>> = names(&fs, d.ino)
+        .into_iter()
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    assert_eq!(nokey.len(), 4);
+    assert!(
+        nokey.iter().all(|n| !n.windows(5).any(|w| w == b"NAME-")),
+        "{nokey:?}"
+    );
+    // Each no-key name looks up (stat works), including the abbreviated one of the long name.
+    for n in &nokey {
+        fs.lookup(d.ino, n, &c)
+            .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(n)));
+    }
+    assert_eq!(
+        errno(fs.create(d.ino, b"new", 0o644, rw(), &c)),
+        libc::ENOKEY
+    );
+    assert_eq!(
+        errno(fs.lookup(d.ino, b"NAME-MARKER-renamed", &c)),
+        libc::ENOENT
+    );
+    // unlink and rmdir by no-key name.
+    let files: Vec<&Vec<u8>> = nokey
+        .iter()
+        .filter(|n| fs.lookup(d.ino, n, &c).unwrap().kind == cowfs::FileKind::File)
+        .collect();
+    for n in &files {
+        fs.unlink(d.ino, n, &c).unwrap();
+    }
+    let empty = nokey
+        .iter()
+        .find(|n| {
+            // (the files were unlinked above)
+            fs.lookup(d.ino, n, &c)
+                .is_ok_and(|a| a.kind == cowfs::FileKind::Dir && names(&fs, a.ino).len() == 2)
+        })
+        .unwrap();
+    fs.rmdir(d.ino, empty, &c).unwrap();
+    fs.add_key(&KEY, &c).unwrap();
+    assert_eq!(
+        names(&fs, d.ino),
+        vec![b".".to_vec(), b"..".to_vec(), b"NAME-MARKER-dir".to_vec()]
+    );
     assert_clean(&fs);
 }
