@@ -386,6 +386,13 @@ impl State {
         }
         // Encrypted data needs its key before anything changes (ENOKEY keeps it buffered).
         let common = self.crypt_common(obj)?;
+        let need = self.dirty.get(&obj).map_or(0, |b| b.len() as u64 * BLOCK);
+        let st = self.txn()?.stats();
+        if st.data.free < need && st.data.pinned > 0 {
+            // Space freed since the last commit (an unlink just before) comes back once the
+            // tree is committed.
+            self.commit_to_reclaim()?;
+        }
         let Some(blocks) = self.dirty.remove(&obj) else {
             return Ok(());
         };

@@ -295,11 +295,31 @@ impl State {
         if self.opts.read_only || self.subvol_read_only(subvol_of(obj))? {
             return Err(Error::ReadOnly);
         }
-        let st = self.txn()?.stats();
         let node = self.txn()?.max_value_size() as u64 * 4;
         // An operation changes a handful of items; each may copy a path of a few nodes.
-        if st.metadata.free < st.metadata_reserve + 64 * node {
+        let short = |st: &store::Stats| st.metadata.free < st.metadata_reserve + 64 * node;
+        let st = self.txn()?.stats();
+        if short(&st) && st.metadata.pinned > 0 {
+            // Blocks freed since the last commit come back once it is durable.
+            self.commit_to_reclaim()?;
+        }
+        if short(&self.txn()?.stats()) {
             return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Commits the tree as it is (buffered file data stays buffered) so that space freed since
+    /// the last commit, pinned until then, can be allocated again: what a full filesystem does
+    /// before answering ENOSPC.
+    pub fn commit_to_reclaim(&mut self) -> Result<()> {
+        if let Some(t) = self.txn.take() {
+            let r = t.commit();
+            if let Err(e) = &r {
+                self.failed = Some(format!("commit failed: {e}"));
+            }
+            r?;
+            self.committed_changes = self.changes;
         }
         Ok(())
     }
