@@ -39,6 +39,9 @@ pub enum Error {
     /// The OS random number generator failed.
     #[error("random number generator failed")]
     Rng,
+    /// A data unit's MAC does not match its ciphertext (EIO): tampered or misplaced data.
+    #[error("data unit {data_unit} of the extent failed authentication")]
+    AuthenticationFailed { data_unit: u64 },
 }
 
 /// Result alias of the fscrypt crate.
@@ -58,11 +61,12 @@ impl Error {
             Error::Invalid { .. } | Error::BadLength { .. } | Error::BadKeySize(_) => 22, // EINVAL
             Error::UnsupportedMode(_) => 22,                                              // EINVAL
             Error::NoKey => 126,                                                          // ENOKEY
-            Error::NameTooLong { .. } => 36,  // ENAMETOOLONG
-            Error::Corrupt(_) => 117,         // EUCLEAN
-            Error::PermissionDenied(_) => 13, // EACCES
-            Error::QuotaExceeded => 122,      // EDQUOT
-            Error::Rng => 5,                  // EIO
+            Error::NameTooLong { .. } => 36,         // ENAMETOOLONG
+            Error::Corrupt(_) => 117,                // EUCLEAN
+            Error::PermissionDenied(_) => 13,        // EACCES
+            Error::QuotaExceeded => 122,             // EDQUOT
+            Error::Rng => 5,                         // EIO
+            Error::AuthenticationFailed { .. } => 5, // EIO
         }
     }
 }

@@ -3,7 +3,9 @@
 //! `"fscrypt\0" || context byte || context-specific info`.
 //!
 //! The context bytes are a compatibility promise: the same master key yields the same subkeys
-//! here as in the kernel. cowcrypt's own contexts (above 0x80) cannot collide with Linux's.
+//! here as in the kernel. cowcrypt's own subkeys (which Linux does not have) use another prefix,
+//! `"cowcrypt"`, in place of `"fscrypt\0"`: the two differ in the first byte, so no info string
+//! of ours can ever equal one of Linux's, whatever context bytes Linux adds later.
 
 use hkdf::Hkdf;
 use sha2::Sha512;
@@ -27,8 +29,14 @@ pub const CONTEXT_INODE_HASH_KEY: u8 = 7;
 /// A per-extent key of the btrfs v7 series, info = the extent's nonce.
 pub const CONTEXT_PER_EXTENT_ENC_KEY: u8 = 9;
 
-/// The "fscrypt\0" prefix of every info string.
+/// cowcrypt's own: the MAC key of one authenticated extent, info = the extent's nonce
+/// (expanded with [`HkdfKey::expand_cowcrypt`]).
+pub const COWCRYPT_CONTEXT_EXTENT_MAC_KEY: u8 = 1;
+
+/// The "fscrypt\0" prefix of every info string Linux uses.
 const INFO_PREFIX: &[u8; 8] = b"fscrypt\0";
+/// The prefix of cowcrypt's own info strings: never a prefix of Linux's.
+const COWCRYPT_INFO_PREFIX: &[u8; 8] = b"cowcrypt";
 
 /// The HKDF-SHA512 pseudorandom key of one master key. Derived subkeys come only from here.
 #[derive(Clone)]
@@ -50,10 +58,19 @@ impl HkdfKey {
 
     /// HKDF-Expand of `out.len()` bytes (at most 255 * 64) for `context` and `info`.
     pub fn expand(&self, context: u8, info: &[u8], out: &mut [u8]) {
+        self.expand_with(INFO_PREFIX, context, info, out)
+    }
+
+    /// HKDF-Expand for a subkey of cowcrypt's own: info `"cowcrypt" || context || info`.
+    pub fn expand_cowcrypt(&self, context: u8, info: &[u8], out: &mut [u8]) {
+        self.expand_with(COWCRYPT_INFO_PREFIX, context, info, out)
+    }
+
+    fn expand_with(&self, prefix: &[u8; 8], context: u8, info: &[u8], out: &mut [u8]) {
         let hk = Hkdf::<Sha512>::from_prk(self.prk.expose())
             .expect("a 64-byte PRK is always long enough for SHA-512");
-        let mut full_info = Vec::with_capacity(INFO_PREFIX.len() + 1 + info.len());
-        full_info.extend_from_slice(INFO_PREFIX);
+        let mut full_info = Vec::with_capacity(prefix.len() + 1 + info.len());
+        full_info.extend_from_slice(prefix);
         full_info.push(context);
         full_info.extend_from_slice(info);
         hk.expand(&full_info, out)

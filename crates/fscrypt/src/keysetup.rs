@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::hkdf::{
     CONTEXT_DIRECT_KEY, CONTEXT_DIRHASH_KEY, CONTEXT_INODE_HASH_KEY, CONTEXT_IV_INO_LBLK_32_KEY,
     CONTEXT_IV_INO_LBLK_64_KEY, CONTEXT_PER_EXTENT_ENC_KEY, CONTEXT_PER_FILE_ENC_KEY,
+    COWCRYPT_CONTEXT_EXTENT_MAC_KEY,
 };
 use crate::master_key::MasterKey;
 use crate::policy::ModeInfo;
@@ -55,6 +56,27 @@ pub fn per_extent_key(
     nonce: &[u8; NONCE_SIZE],
 ) -> Result<RawKey> {
     expand(master, mode, CONTEXT_PER_EXTENT_ENC_KEY, nonce)
+}
+
+/// Size of an extent's MAC key (a BLAKE3 key).
+pub const EXTENT_MAC_KEY_SIZE: usize = 32;
+
+/// The MAC key of one authenticated extent (cowcrypt's own, not Linux's): HKDF-SHA512 with the
+/// `"cowcrypt"` prefix, context 1, over the extent's nonce. A key separate from the contents key,
+/// so the MAC and the cipher never share key material.
+pub fn extent_mac_key(
+    master: &MasterKey,
+    nonce: &[u8; NONCE_SIZE],
+) -> Result<Secret<EXTENT_MAC_KEY_SIZE>> {
+    // The same strength rule as AES-256-XTS: a 32-byte security strength.
+    if master.raw_size() < 32 {
+        return Err(Error::NoKey);
+    }
+    let mut out = Secret::<EXTENT_MAC_KEY_SIZE>::zeroed();
+    master
+        .hkdf()
+        .expand_cowcrypt(COWCRYPT_CONTEXT_EXTENT_MAC_KEY, nonce, out.expose_mut());
+    Ok(out)
 }
 
 /// The DIRECT_KEY per-mode key: HKDF context 3 over the mode number.

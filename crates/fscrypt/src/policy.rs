@@ -26,8 +26,14 @@ pub const FLAG_DIRECT_KEY: u8 = 0x04;
 pub const FLAG_IV_INO_LBLK_64: u8 = 0x08;
 /// IVs from (hashed inode number + data unit index) in 32 bits; one key per mode and filesystem.
 pub const FLAG_IV_INO_LBLK_32: u8 = 0x10;
-/// Every flag a v2 policy may carry.
+/// Every flag a Linux v2 policy may carry.
 pub const FLAGS_V2_VALID: u8 = 0x1f;
+/// cowcrypt's own flag, which Linux does not define (its highest flag is 0x10): every data unit
+/// of every extent written under the policy carries a MAC (see [`crate::extent`]). Linux would
+/// refuse such a policy, which is right: it could not check the MACs.
+pub const FLAG_AUTHENTICATED: u8 = 0x80;
+/// Every flag a cowcrypt v2 policy may carry.
+pub const FLAGS_COWCRYPT_VALID: u8 = FLAGS_V2_VALID | FLAG_AUTHENTICATED;
 
 /// Encryption modes for file contents (`FSCRYPT_MODE_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -326,7 +332,7 @@ impl PolicyV2 {
                 ),
             ));
         }
-        if self.flags & !FLAGS_V2_VALID != 0 {
+        if self.flags & !FLAGS_COWCRYPT_VALID != 0 {
             return Err(Error::invalid(
                 "policy",
                 format!("unknown flags {:#04x}", self.flags),
@@ -375,6 +381,21 @@ impl PolicyV2 {
             ));
         }
         let du_bits = self.data_unit_bits(fs.block_size_bits);
+        if self.authenticated() {
+            if !fs.per_extent_encryption || self.iv_scheme() != IvScheme::PerFileKey {
+                return Err(Error::invalid(
+                    "policy",
+                    "authentication needs per-extent encryption",
+                ));
+            }
+            // One MAC per block keeps the MAC items in step with the checksum items.
+            if du_bits != fs.block_size_bits {
+                return Err(Error::invalid(
+                    "policy",
+                    "authentication needs data units of a whole block",
+                ));
+            }
+        }
         if self.log2_data_unit_size != 0 {
             if !fs.supports_subblock_data_units {
                 return Err(Error::invalid(
@@ -436,6 +457,11 @@ impl PolicyV2 {
         self.flags
     }
 
+    /// Whether data units carry MACs (cowcrypt's [`FLAG_AUTHENTICATED`]).
+    pub fn authenticated(&self) -> bool {
+        self.flags & FLAG_AUTHENTICATED != 0
+    }
+
     /// The filename padding.
     pub fn padding(&self) -> Padding {
         Padding::from_flags(self.flags)
@@ -487,6 +513,9 @@ impl fmt::Display for PolicyV2 {
         )?;
         if self.log2_data_unit_size != 0 {
             write!(f, " data_unit_size={}", 1u32 << self.log2_data_unit_size)?;
+        }
+        if self.authenticated() {
+            f.write_str(" authenticated (MAC per data unit)")?;
         }
         Ok(())
     }
