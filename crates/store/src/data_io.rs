@@ -10,6 +10,11 @@
 //! and relocation verify them with no key, and a read checks them before anything is decrypted,
 //! so a damaged sector is an error and never garbage plaintext.
 //!
+//! An authenticating crypt context also makes a tag (a MAC) per data unit over the ciphertext
+//! when writing, and a read checks the tags (after the checksums, before decrypting), so
+//! tampered data that still matches its keyless checksums is refused too. The store keeps no
+//! tags itself: the caller stores what [`DataIo::write`] returns, as it does the checksums.
+//!
 //! [`DataIo`] borrows the device and the chunk map for the length of a call or a batch; whoever
 //! owns the chunk map (the transaction layer) decides how it is shared.
 
@@ -37,6 +42,38 @@ pub trait DataCrypt: Send + Sync {
     fn encrypt(&self, first_data_unit: u64, buf: &mut [u8]) -> Result<(), CryptError>;
     /// Decrypts `buf` in place; `buf` holds whole data units, the first being `first_data_unit`.
     fn decrypt(&self, first_data_unit: u64, buf: &mut [u8]) -> Result<(), CryptError>;
+    /// Bytes of tag per data unit; 0 for a context that does not authenticate.
+    fn tag_size(&self) -> usize {
+        0
+    }
+    /// Writes the tag of each data unit of `ciphertext` into `tags` ([`DataCrypt::tag_size`]
+    /// bytes each).
+    fn seal(
+        &self,
+        _first_data_unit: u64,
+        _ciphertext: &[u8],
+        _tags: &mut [u8],
+    ) -> Result<(), CryptError> {
+        Ok(())
+    }
+    /// Checks `ciphertext` against `tags`; `Err(Some(n))` names the first data unit whose tag
+    /// does not match, `Err(None)` is any other failure.
+    fn check(
+        &self,
+        _first_data_unit: u64,
+        _ciphertext: &[u8],
+        _tags: &[u8],
+    ) -> Result<(), Option<u64>> {
+        Ok(())
+    }
+}
+
+/// What a write leaves for the caller to store: the checksum of each sector as written, and the
+/// tags of an authenticating crypt context (empty otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub checksums: Vec<u32>,
+    pub tags: Vec<u8>,
 }
 
 /// The data path over one device and chunk map.
@@ -64,32 +101,43 @@ impl<'a> DataIo<'a> {
 
     /// Writes `plaintext` at `offset_in_extent` inside the extent starting at logical `extent`,
     /// encrypting it first when `crypt` is given. Returns the checksum of each sector as written
-    /// to the device. The offset and length must be whole sectors (and whole data units).
+    /// to the device, and the crypt context's tags. The offset and length must be whole sectors
+    /// (and whole data units).
     pub fn write(
         &self,
         extent: u64,
         offset_in_extent: u64,
         plaintext: &[u8],
         crypt: Option<&dyn DataCrypt>,
-    ) -> Result<Vec<u32>> {
+    ) -> Result<Written> {
         let physical = self.locate(extent, offset_in_extent, plaintext.len(), crypt)?;
         match crypt {
             None => {
                 self.dev.write_at(plaintext, physical)?;
-                Ok(self.sector_checksums(plaintext))
+                Ok(Written {
+                    checksums: self.sector_checksums(plaintext),
+                    tags: Vec::new(),
+                })
             }
             Some(crypt) => {
                 let mut buf = plaintext.to_vec();
-                crypt.encrypt(first_unit(offset_in_extent, crypt), &mut buf)?;
+                let first = first_unit(offset_in_extent, crypt);
+                crypt.encrypt(first, &mut buf)?;
+                let mut tags = vec![0u8; buf.len() / crypt.data_unit_size() * crypt.tag_size()];
+                crypt.seal(first, &buf, &mut tags)?;
                 self.dev.write_at(&buf, physical)?;
-                Ok(self.sector_checksums(&buf))
+                Ok(Written {
+                    checksums: self.sector_checksums(&buf),
+                    tags,
+                })
             }
         }
     }
 
     /// Reads `len` bytes at `offset_in_extent` inside the extent at logical `extent`. With
     /// `expected` checksums (one per sector), the bytes on the device are verified first; then,
-    /// with `crypt`, they are decrypted. Returns plaintext.
+    /// with `crypt`, its tags are checked against `tags` (required when it authenticates) and
+    /// the bytes decrypted. Returns plaintext.
     pub fn read(
         &self,
         extent: u64,
@@ -97,6 +145,7 @@ impl<'a> DataIo<'a> {
         len: usize,
         crypt: Option<&dyn DataCrypt>,
         expected: Option<&[u32]>,
+        tags: Option<&[u8]>,
     ) -> Result<Vec<u8>> {
         let physical = self.locate(extent, offset_in_extent, len, crypt)?;
         let mut buf = vec![0u8; len];
@@ -105,9 +154,41 @@ impl<'a> DataIo<'a> {
             self.verify(extent, offset_in_extent, &buf, expected)?;
         }
         if let Some(crypt) = crypt {
-            crypt.decrypt(first_unit(offset_in_extent, crypt), &mut buf)?;
+            let first = first_unit(offset_in_extent, crypt);
+            self.check_tags(extent, first, &buf, crypt, tags)?;
+            crypt.decrypt(first, &mut buf)?;
         }
         Ok(buf)
+    }
+
+    /// Checks the tags of an authenticating context: nothing is decrypted before they match.
+    fn check_tags(
+        &self,
+        extent: u64,
+        first: u64,
+        ciphertext: &[u8],
+        crypt: &dyn DataCrypt,
+        tags: Option<&[u8]>,
+    ) -> Result<()> {
+        let size = crypt.tag_size();
+        if size == 0 {
+            return Ok(());
+        }
+        let unit = crypt.data_unit_size() as u64;
+        let want = ciphertext.len() / crypt.data_unit_size() * size;
+        let tags = match tags {
+            Some(t) if t.len() == want => t,
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "{want} bytes of tags needed to read authenticated data"
+                )));
+            }
+        };
+        crypt
+            .check(first, ciphertext, tags)
+            .map_err(|bad| Error::AuthenticationFailed {
+                logical: extent.saturating_add(bad.unwrap_or(first).saturating_mul(unit)),
+            })
     }
 
     /// Reads the bytes exactly as on the device (ciphertext when encrypted), unverified: for
@@ -313,7 +394,10 @@ mod tests {
         let crypt = ToyCrypt::new(1024);
         let data = plaintext(3 * 4096);
         // Offset 8 KiB inside the extent: data unit 8 with 1 KiB units.
-        let csums = io.write(EXTENT, 8192, &data, Some(&crypt)).unwrap();
+        let csums = io
+            .write(EXTENT, 8192, &data, Some(&crypt))
+            .unwrap()
+            .checksums;
         let raw = on_disk(&dev, 8192, data.len());
         let mut expected = data.clone();
         crypt.xor(8, &mut expected);
@@ -326,12 +410,12 @@ mod tests {
         // Whole and partial reads give plaintext; a partial read derives its unit number from
         // the offset.
         assert_eq!(
-            io.read(EXTENT, 8192, data.len(), Some(&crypt), Some(&csums))
+            io.read(EXTENT, 8192, data.len(), Some(&crypt), Some(&csums), None)
                 .unwrap(),
             data
         );
         assert_eq!(
-            io.read(EXTENT, 12288, 4096, Some(&crypt), Some(&csums[1..2]))
+            io.read(EXTENT, 12288, 4096, Some(&crypt), Some(&csums[1..2]), None)
                 .unwrap(),
             &data[4096..8192]
         );
@@ -339,16 +423,96 @@ mod tests {
         io.verify_raw(EXTENT, 8192, data.len(), &csums).unwrap();
     }
 
+    /// ToyCrypt with a toy tag per unit: the unit number plus the sum of its bytes.
+    struct TaggingCrypt(ToyCrypt);
+
+    impl TaggingCrypt {
+        fn tag(n: u64, unit: &[u8]) -> [u8; 8] {
+            unit.iter()
+                .fold(n, |a, &b| a.wrapping_mul(31).wrapping_add(u64::from(b)))
+                .to_le_bytes()
+        }
+    }
+
+    impl DataCrypt for TaggingCrypt {
+        fn data_unit_size(&self) -> usize {
+            self.0.data_unit_size()
+        }
+        fn encrypt(&self, first: u64, buf: &mut [u8]) -> Result<(), CryptError> {
+            self.0.encrypt(first, buf)
+        }
+        fn decrypt(&self, first: u64, buf: &mut [u8]) -> Result<(), CryptError> {
+            self.0.decrypt(first, buf)
+        }
+        fn tag_size(&self) -> usize {
+            8
+        }
+        fn seal(&self, first: u64, ct: &[u8], tags: &mut [u8]) -> Result<(), CryptError> {
+            for (i, (u, t)) in ct.chunks(self.0.unit).zip(tags.chunks_mut(8)).enumerate() {
+                t.copy_from_slice(&Self::tag(first + i as u64, u));
+            }
+            Ok(())
+        }
+        fn check(&self, first: u64, ct: &[u8], tags: &[u8]) -> Result<(), Option<u64>> {
+            for (i, (u, t)) in ct.chunks(self.0.unit).zip(tags.chunks(8)).enumerate() {
+                if Self::tag(first + i as u64, u) != t {
+                    return Err(Some(first + i as u64));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn tags_are_made_on_write_and_checked_before_decrypting() {
+        let (dev, chunks) = setup();
+        let io = DataIo::new(&dev, &chunks, 4096).unwrap();
+        let crypt = TaggingCrypt(ToyCrypt::new(4096));
+        let data = plaintext(3 * 4096);
+        let w = io.write(EXTENT, 4096, &data, Some(&crypt)).unwrap();
+        assert_eq!(w.tags.len(), 3 * 8);
+        let raw = on_disk(&dev, 4096, data.len());
+        assert_eq!(&w.tags[8..16], &TaggingCrypt::tag(2, &raw[4096..8192]));
+        let read = |tags: Option<&[u8]>| {
+            io.read(
+                EXTENT,
+                4096,
+                data.len(),
+                Some(&crypt),
+                Some(&w.checksums),
+                tags,
+            )
+        };
+        assert_eq!(read(Some(&w.tags)).unwrap(), data);
+        // Tags are required, whole, and matching; a mismatch names the data unit.
+        assert!(matches!(read(None), Err(Error::InvalidRequest(_))));
+        assert!(matches!(
+            read(Some(&w.tags[..16])),
+            Err(Error::InvalidRequest(_))
+        ));
+        let mut bad = w.tags.clone();
+        bad[17] ^= 1;
+        let before = crypt.0.decrypts.load(Ordering::SeqCst);
+        assert!(matches!(
+            read(Some(&bad)),
+            Err(Error::AuthenticationFailed { logical }) if logical == EXTENT + 3 * 4096
+        ));
+        assert_eq!(crypt.0.decrypts.load(Ordering::SeqCst), before);
+    }
+
     #[test]
     fn plaintext_write_and_read() {
         let (dev, chunks) = setup();
         let io = DataIo::new(&dev, &chunks, 4096).unwrap();
         let data = plaintext(8192);
-        let csums = io.write(EXTENT, 0, &data, None).unwrap();
+        let csums = io.write(EXTENT, 0, &data, None).unwrap().checksums;
         assert_eq!(on_disk(&dev, 0, 8192), data);
-        assert_eq!(io.read(EXTENT, 0, 8192, None, Some(&csums)).unwrap(), data);
         assert_eq!(
-            io.read(EXTENT, 4096, 4096, None, None).unwrap(),
+            io.read(EXTENT, 0, 8192, None, Some(&csums), None).unwrap(),
+            data
+        );
+        assert_eq!(
+            io.read(EXTENT, 4096, 4096, None, None, None).unwrap(),
             &data[4096..]
         );
     }
@@ -360,13 +524,14 @@ mod tests {
         let crypt = ToyCrypt::new(4096);
         let csums = io
             .write(EXTENT, 0, &plaintext(4 * 4096), Some(&crypt))
-            .unwrap();
+            .unwrap()
+            .checksums;
         let at = PHYS + 64 * 1024 + 2 * 4096 + 100;
         let mut b = [0u8];
         dev.read_at(&mut b, at).unwrap();
         dev.write_at(&[b[0] ^ 0x10], at).unwrap();
         let e = io
-            .read(EXTENT, 0, 4 * 4096, Some(&crypt), Some(&csums))
+            .read(EXTENT, 0, 4 * 4096, Some(&crypt), Some(&csums), None)
             .unwrap_err();
         match e {
             Error::ChecksumMismatch {
@@ -384,7 +549,7 @@ mod tests {
         ));
         // Sectors before the damage still read.
         assert_eq!(
-            io.read(EXTENT, 0, 8192, Some(&crypt), Some(&csums[..2]))
+            io.read(EXTENT, 0, 8192, Some(&crypt), Some(&csums[..2]), None)
                 .unwrap(),
             &plaintext(4 * 4096)[..8192]
         );
@@ -402,7 +567,7 @@ mod tests {
                 Err(Error::InvalidRequest(_))
             ));
             assert!(matches!(
-                io.read(EXTENT, offset, len, None, None),
+                io.read(EXTENT, offset, len, None, None, None),
                 Err(Error::InvalidRequest(_))
             ));
         }
@@ -418,17 +583,17 @@ mod tests {
             Err(Error::Unmapped { .. })
         ));
         assert!(matches!(
-            io.read(u64::MAX - 4095, 4096, 4096, None, None),
+            io.read(u64::MAX - 4095, 4096, 4096, None, None, None),
             Err(Error::Unmapped { .. })
         ));
         assert!(matches!(
-            io.read(EXTENT, 0, MAX_IO_BYTES + 4096, None, None),
+            io.read(EXTENT, 0, MAX_IO_BYTES + 4096, None, None, None),
             Err(Error::InvalidRequest(_))
         ));
         // Wrong number of checksums.
-        let csums = io.write(EXTENT, 0, &data, Some(&crypt)).unwrap();
+        let csums = io.write(EXTENT, 0, &data, Some(&crypt)).unwrap().checksums;
         assert!(matches!(
-            io.read(EXTENT, 0, 8192, Some(&crypt), Some(&csums)),
+            io.read(EXTENT, 0, 8192, Some(&crypt), Some(&csums), None),
             Err(Error::InvalidRequest(_))
         ));
         // The crypt context's own failure surfaces, and nothing is written.

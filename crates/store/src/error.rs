@@ -67,6 +67,10 @@ pub enum Error {
         expected: u32,
         found: u32,
     },
+    /// Data whose checksums match failed its crypt context's authentication: tampered with, or
+    /// moved from another place (an attack, not bit rot).
+    #[error("authentication failed at logical {logical}: the data was altered or misplaced")]
+    AuthenticationFailed { logical: u64 },
     /// The crypt context supplied by the layer above failed.
     #[error("data unit encryption: {0}")]
     Crypt(#[from] crate::data_io::CryptError),

@@ -22,7 +22,7 @@ pub mod txn;
 
 pub use checksum::{CSUM_SIZE, checksum};
 pub use chunk::{ChunkKind, ChunkMap, ChunkMapping};
-pub use data_io::{CryptError, DataCrypt, DataIo};
+pub use data_io::{CryptError, DataCrypt, DataIo, Written};
 pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use error::{Error, Result};
 pub use key::{Key, item_type, objectid, tree_id};

@@ -77,7 +77,7 @@ fn commit(
         let c = io
             .write(logical, at as u64, &plaintext[at..at + n], Some(&ToyCrypt))
             .unwrap();
-        csums.extend(c);
+        csums.extend(c.checksums);
         at += n;
     }
     dev.flush().unwrap();
@@ -116,7 +116,8 @@ fn every_crash_image_opens_at_a_returned_commit() {
         let plaintext = vec![0u8; 4096];
         let csums = io
             .write(FIRST_LOGICAL, 0, &plaintext, Some(&ToyCrypt))
-            .unwrap();
+            .unwrap()
+            .checksums;
         write_superblocks(&base_dev, &superblock(1, FIRST_LOGICAL, 4096)).unwrap();
         history.push(Committed {
             logical: FIRST_LOGICAL,
@@ -187,6 +188,7 @@ fn every_crash_image_opens_at_a_returned_commit() {
                 state.plaintext.len(),
                 Some(&ToyCrypt),
                 Some(&state.csums),
+                None,
             )
             .unwrap_or_else(|e| panic!("{what}: generation {}: {e}", sb.generation));
         assert!(

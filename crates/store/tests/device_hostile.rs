@@ -67,7 +67,7 @@ fn random_bit_flips_give_right_data_or_errors() {
             rng.fill(&mut plaintext);
             let encrypted = i % 3 != 0;
             let crypt: Option<&dyn DataCrypt> = if encrypted { Some(&ToyCrypt) } else { None };
-            let csums = io.write(next, 0, &plaintext, crypt).unwrap();
+            let csums = io.write(next, 0, &plaintext, crypt).unwrap().checksums;
             extents.push(Extent {
                 logical: next,
                 plaintext,
@@ -116,7 +116,7 @@ fn random_bit_flips_give_right_data_or_errors() {
             let physical = chunks.to_physical(e.logical, 1).unwrap() as usize;
             let range = physical..physical + e.plaintext.len();
             let changed = image[range.clone()] != pristine[range];
-            match io.read(e.logical, 0, e.plaintext.len(), crypt, Some(&e.csums)) {
+            match io.read(e.logical, 0, e.plaintext.len(), crypt, Some(&e.csums), None) {
                 Ok(got) => {
                     assert!(
                         !changed,

@@ -62,10 +62,10 @@ fn a_shrink_moves_encrypted_extents_without_their_key() {
     let io = store.data_io().unwrap();
     for (bytenr, plain) in &kept {
         let got = io
-            .read(*bytenr, 0, plain.len(), Some(&ToyCrypt), None)
+            .read(*bytenr, 0, plain.len(), Some(&ToyCrypt), None, None)
             .unwrap();
         assert!(got == *plain, "extent {bytenr} reads back");
-        let raw = io.read(*bytenr, 0, plain.len(), None, None).unwrap();
+        let raw = io.read(*bytenr, 0, plain.len(), None, None, None).unwrap();
         assert!(raw != *plain, "extent {bytenr} is stored encrypted");
     }
 }
@@ -105,7 +105,9 @@ fn an_extent_copied_raw_without_its_key_decrypts_at_its_new_address() {
     store.check().unwrap();
 
     let io = store.data_io().unwrap();
-    let got = io.read(new, 0, plain.len(), Some(&ToyCrypt), None).unwrap();
+    let got = io
+        .read(new, 0, plain.len(), Some(&ToyCrypt), None, None)
+        .unwrap();
     assert!(got == plain, "the copy decrypts");
     assert!(io.read_raw(new, 0, len as usize).unwrap() == raw);
 }
