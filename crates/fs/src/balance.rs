@@ -200,6 +200,16 @@ impl State {
             if fe0.kind == ExtentKind::Regular {
                 // The same bytes, so the same checksums, under the new address.
                 self.write_extent(new, &bytes)?;
+                // MACs bind data to its extent's nonce and its place inside the extent, never
+                // to an address: they move as they are, with no key.
+                if fe0
+                    .crypt
+                    .as_deref()
+                    .is_some_and(crate::data::context_is_authenticated)
+                {
+                    let macs = self.macs(old, 0, len)?;
+                    self.put_macs(new, &macs)?;
+                }
             } else {
                 self.txn()?.data_io()?.write(new, 0, &bytes, None)?;
             }

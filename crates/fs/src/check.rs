@@ -380,6 +380,36 @@ impl State {
                             Err(e) => r.faults.push(e.to_string()),
                         }
                     }
+                    if fe
+                        .crypt
+                        .as_deref()
+                        .is_some_and(crate::data::context_is_authenticated)
+                    {
+                        // Every data unit of an authenticated extent has its MAC (checked
+                        // with the key by scrub; here only that they are all there).
+                        let mut macs = 0;
+                        for (k, v) in self.items_in(
+                            tree_id::CSUM_TREE,
+                            Key::new(fe.bytenr, ty::DATA_MAC, 0),
+                            Key::new(fe.bytenr, ty::DATA_MAC, u64::MAX),
+                            usize::MAX,
+                        )? {
+                            match items::decode_macs(&k, &v) {
+                                Ok(m) if k.offset == macs * BLOCK => {
+                                    macs += (m.len() / fscrypt::extent::MAC_SIZE) as u64
+                                }
+                                Ok(_) => r.faults.push(format!("MACs {k:?} out of place")),
+                                Err(e) => r.faults.push(e.to_string()),
+                            }
+                        }
+                        if macs != sectors {
+                            r.faults.push(format!(
+                                "authenticated extent {}: {macs} data unit MACs for {sectors} \
+                                 data units",
+                                fe.bytenr
+                            ));
+                        }
+                    }
                     if have != sectors {
                         r.faults.push(format!(
                             "extent {}: {have} sector checksums for {sectors} sectors",

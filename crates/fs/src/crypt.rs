@@ -70,6 +70,42 @@ impl DataCrypt for ExtentCipher<'_> {
             .decrypt(at, buf)
             .map_err(|e| CryptError(e.to_string()))
     }
+    fn tag_size(&self) -> usize {
+        if self.0.authenticator().is_some() {
+            fscrypt::extent::MAC_SIZE
+        } else {
+            0
+        }
+    }
+    fn seal(
+        &self,
+        first_data_unit: u64,
+        ciphertext: &[u8],
+        tags: &mut [u8],
+    ) -> std::result::Result<(), CryptError> {
+        match self.0.authenticator() {
+            Some(a) => a
+                .seal(first_data_unit, self.0.data_unit_size(), ciphertext, tags)
+                .map_err(|e| CryptError(e.to_string())),
+            None => Ok(()),
+        }
+    }
+    fn check(
+        &self,
+        first_data_unit: u64,
+        ciphertext: &[u8],
+        tags: &[u8],
+    ) -> std::result::Result<(), Option<u64>> {
+        match self.0.authenticator() {
+            Some(a) => a
+                .verify(first_data_unit, self.0.data_unit_size(), ciphertext, tags)
+                .map_err(|e| match e {
+                    fscrypt::Error::AuthenticationFailed { data_unit } => Some(data_unit),
+                    _ => None,
+                }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl State {

@@ -6,17 +6,20 @@
 //! so sequential writes become large extents. A file extent item holds one reference on its
 //! extent, owned by (tree, inode, file offset of the extent's start); splitting an item keeps
 //! both halves' references under that same owner. Sector checksums live in the checksum tree,
-//! keyed by extent, and are verified on every read.
+//! keyed by extent, and are verified on every read; so are the data unit MACs of an
+//! authenticated extent, which sit beside them.
 
 use store::{DataRefOwner, Key, tree_id};
 
 use crate::error::{Error, Result};
-use crate::items::{self, CSUMS_PER_ITEM, ExtentKind, FileExtent, InodeItem, ty};
+use crate::items::{self, CSUMS_PER_ITEM, ExtentKind, FileExtent, InodeItem, MACS_PER_ITEM, ty};
 use crate::state::{BLOCK, State, local, tree_of};
 
 /// Largest file size: offsets stay far from u64 overflow and from the 48-bit block index space.
 pub(crate) const MAX_FILE_SIZE: u64 = 1 << 52;
 const CSUM_SPAN: u64 = CSUMS_PER_ITEM * BLOCK;
+/// Bytes of extent one DATA_MAC item covers.
+pub(crate) const MAC_SPAN: u64 = MACS_PER_ITEM * BLOCK;
 
 fn owner(obj: u64, key_offset: u64, fe: &FileExtent) -> DataRefOwner {
     DataRefOwner {
@@ -26,6 +29,12 @@ fn owner(obj: u64, key_offset: u64, fe: &FileExtent) -> DataRefOwner {
         // reflink may put a piece of an extent nearer a file's start than it was in its extent.
         offset: key_offset.wrapping_sub(fe.offset),
     }
+}
+
+/// Whether stored extent context bytes say the extent is authenticated (has DATA_MAC items). A
+/// context that does not decode is not: it has no MACs to find.
+pub(crate) fn context_is_authenticated(context: &[u8]) -> bool {
+    fscrypt::extent::ExtentContext::decode(context).is_ok_and(|c| c.authenticated())
 }
 
 impl State {
@@ -60,8 +69,53 @@ impl State {
                 self.del_in(tree_id::CSUM_TREE, &Key::new(fe.bytenr, ty::DATA_CSUM, at))?;
                 at += CSUM_SPAN;
             }
+            if fe.crypt.as_deref().is_some_and(context_is_authenticated) {
+                let mut at = 0;
+                while at < fe.extent_len {
+                    self.del_in(tree_id::CSUM_TREE, &Key::new(fe.bytenr, ty::DATA_MAC, at))?;
+                    at += MAC_SPAN;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Stores the data unit MACs of the extent at `bytenr` (4096-byte units from its start).
+    pub(crate) fn put_macs(&mut self, bytenr: u64, macs: &[u8]) -> Result<()> {
+        let per_item = MACS_PER_ITEM as usize * fscrypt::extent::MAC_SIZE;
+        for (i, group) in macs.chunks(per_item).enumerate() {
+            let key = Key::new(bytenr, ty::DATA_MAC, i as u64 * MAC_SPAN);
+            self.put_in(tree_id::CSUM_TREE, key, &items::encode_macs(group))?;
+        }
+        Ok(())
+    }
+
+    /// The MACs of the data units in `[offset, offset + len)` of the extent at `bytenr`.
+    pub(crate) fn macs(&mut self, bytenr: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let size = fscrypt::extent::MAC_SIZE;
+        let mut out = Vec::with_capacity((len / BLOCK) as usize * size);
+        let end = offset + len;
+        let mut group = offset / MAC_SPAN * MAC_SPAN;
+        while group < end {
+            let key = Key::new(bytenr, ty::DATA_MAC, group);
+            let v = self
+                .txn()?
+                .get(tree_id::CSUM_TREE, &key)?
+                .ok_or_else(|| Error::corrupt(&key, "missing data unit MACs"))?;
+            let m = items::decode_macs(&key, &v)?;
+            let lo = offset.max(group);
+            let hi = end.min(group + MAC_SPAN);
+            let (a, b) = (
+                ((lo - group) / BLOCK) as usize * size,
+                ((hi - group) / BLOCK) as usize * size,
+            );
+            out.extend_from_slice(
+                m.get(a..b)
+                    .ok_or_else(|| Error::corrupt(&key, "too few data unit MACs"))?,
+            );
+            group += MAC_SPAN;
+        }
+        Ok(out)
     }
 
     /// Writes a new extent's bytes and records their checksums.
@@ -78,15 +132,22 @@ impl State {
         crypt: Option<&fscrypt::extent::ExtentCryptInfo>,
     ) -> Result<()> {
         let cipher = crypt.map(crate::crypt::ExtentCipher);
-        let csums = self.txn()?.data_io()?.write(
+        let written = self.txn()?.data_io()?.write(
             bytenr,
             0,
             buf,
             cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
         )?;
-        for (i, group) in csums.chunks(CSUMS_PER_ITEM as usize).enumerate() {
+        for (i, group) in written
+            .checksums
+            .chunks(CSUMS_PER_ITEM as usize)
+            .enumerate()
+        {
             let key = Key::new(bytenr, ty::DATA_CSUM, i as u64 * CSUM_SPAN);
             self.put_in(tree_id::CSUM_TREE, key, &items::encode_csums(group))?;
+        }
+        if !written.tags.is_empty() {
+            self.put_macs(bytenr, &written.tags)?;
         }
         Ok(())
     }
@@ -128,6 +189,10 @@ impl State {
             );
             group += CSUM_SPAN;
         }
+        let macs = match crypt {
+            Some(c) if c.authenticator().is_some() => Some(self.macs(bytenr, offset, len)?),
+            _ => None,
+        };
         let cipher = crypt.map(crate::crypt::ExtentCipher);
         let len = usize::try_from(len).map_err(|_| Error::Invalid("read too large"))?;
         Ok(self.txn()?.data_io()?.read(
@@ -136,6 +201,7 @@ impl State {
             len,
             cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
             Some(&expected),
+            macs.as_deref(),
         )?)
     }
 
@@ -223,13 +289,36 @@ impl State {
                 // Never hand out ciphertext: decrypted with the extent's own key, or ENOKEY.
                 Some(ctx) => {
                     let info = self.stored_extent_crypt(obj, ctx)?;
-                    self.read_extent_crypt(fe.bytenr, fe.offset + (a - at), b - a, Some(&info))?
+                    let off = fe.offset + (a - at);
+                    match self.read_extent_crypt(fe.bytenr, off, b - a, Some(&info)) {
+                        Err(Error::Store(store::Error::AuthenticationFailed { logical })) => {
+                            // The file offset of the unit that failed, from its extent address.
+                            let offset = a + logical.saturating_sub(fe.bytenr + off);
+                            self.log_tampered(obj, offset);
+                            return Err(Error::Store(store::Error::AuthenticationFailed {
+                                logical,
+                            }));
+                        }
+                        r => r?,
+                    }
                 }
                 None => self.read_extent(fe.bytenr, fe.offset + (a - at), b - a)?,
             };
             buf[(a - start) as usize..(b - start) as usize].copy_from_slice(&data);
         }
         Ok(buf)
+    }
+
+    /// Logs a read refused because data failed authentication: which subvolume, file and
+    /// offset, so an administrator can find what was tampered with.
+    fn log_tampered(&mut self, obj: u64, offset: u64) {
+        let path = self.file_path(obj).unwrap_or_default();
+        eprintln!(
+            "cowfs: authentication failed: subvolume {}, inode {obj} ({}), file offset {offset}: \
+             the data was altered or misplaced; the read gets EIO",
+            crate::state::subvol_of(obj),
+            if path.is_empty() { "no name" } else { &path },
+        );
     }
 
     /// Whether block `blk` holds written data (buffered or in a regular extent).

@@ -25,6 +25,9 @@ pub mod ty {
     pub const DIR_INDEX: u8 = 96;
     /// Checksum tree: (extent bytenr, DATA_CSUM, offset in extent) -> sector checksums.
     pub const DATA_CSUM: u8 = 100;
+    /// Checksum tree: (extent bytenr, DATA_MAC, offset in extent) -> data unit MACs of an
+    /// authenticated extent.
+    pub const DATA_MAC: u8 = 101;
     /// (object id, FILE_EXTENT, file offset) -> [`FileExtent`](super::FileExtent).
     pub const FILE_EXTENT: u8 = 108;
     /// (object id, SYMLINK, byte offset) -> a piece of a symlink's target.
@@ -646,6 +649,31 @@ pub fn decode_csums(key: &Key, b: &[u8]) -> Result<Vec<u32>> {
     Ok(out)
 }
 
+/// Data unit MACs per DATA_MAC item (16 bytes each: 512 bytes, like a checksum item).
+pub const MACS_PER_ITEM: u64 = 32;
+
+/// Data unit MACs: (extent bytenr, DATA_MAC, offset in extent) in the checksum tree -> version,
+/// 3 zero bytes, then one 16-byte MAC per 4096-byte data unit.
+pub fn encode_macs(macs: &[u8]) -> Vec<u8> {
+    let mut v = vec![VERSION, 0, 0, 0];
+    v.extend_from_slice(macs);
+    v
+}
+
+/// The MAC bytes of a DATA_MAC item (a whole number of MACs, 1..=[`MACS_PER_ITEM`]).
+pub fn decode_macs(key: &Key, b: &[u8]) -> Result<Vec<u8>> {
+    let mut r = Rd::new(key, b, "data unit MACs")?;
+    if r.take(3)? != [0, 0, 0] {
+        return Err(Error::corrupt(key, "reserved bytes set"));
+    }
+    let n = r.b.len();
+    let size = fscrypt::extent::MAC_SIZE;
+    if n == 0 || n % size != 0 || n / size > MACS_PER_ITEM as usize {
+        return Err(Error::corrupt(key, format!("{n} bytes of MACs")));
+    }
+    Ok(r.b.to_vec())
+}
+
 /// Decodes any fs item by its type, for the fuzzer and the checker: whether it is well-formed.
 pub fn decode_any(key: &Key, b: &[u8]) -> Result<()> {
     match key.item_type {
@@ -657,6 +685,7 @@ pub fn decode_any(key: &Key, b: &[u8]) -> Result<()> {
         ty::DIR_ITEM => decode_dir_items(key, b).map(drop),
         ty::DIR_INDEX => decode_dir_index(key, b).map(drop),
         ty::DATA_CSUM => decode_csums(key, b).map(drop),
+        ty::DATA_MAC => decode_macs(key, b).map(drop),
         ty::FILE_EXTENT => FileExtent::decode(key, b).map(drop),
         ty::SYMLINK => decode_symlink_piece(key, b).map(drop),
         ty::SUBVOL_ROOT => SubvolRoot::decode(key, b).map(drop),

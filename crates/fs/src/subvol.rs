@@ -329,7 +329,7 @@ impl State {
             if local(dir) == ROOT_OBJECTID {
                 match self.subvol_root(subvol)? {
                     Some(r) => {
-                        parts.push(r.name.clone());
+                        parts.push(self.path_name(r.parent, r.name.clone()));
                         dir = r.parent;
                         continue;
                     }
@@ -349,10 +349,18 @@ impl State {
             let v = self.get(&rkey)?.ok_or(Error::NotFound)?;
             let refs = crate::items::decode_inode_refs(&rkey, &v)?;
             let first = refs.into_iter().next().ok_or(Error::NotFound)?;
-            parts.push(first.name);
+            parts.push(self.path_name(parent, first.name));
             dir = parent;
         }
         Err(Error::Invalid("directory tree too deep"))
+    }
+
+    /// A stored name as a path shows it: decrypted with the key, a no-key name without it.
+    pub(crate) fn path_name(&mut self, dir: u64, stored: Vec<u8>) -> Vec<u8> {
+        match self.shown_name(dir, stored.clone()) {
+            Ok(shown) => shown,
+            Err(_) => stored,
+        }
     }
 
     fn subvol_entry(&mut self, id: u64, r: Option<SubvolRoot>) -> Result<SubvolumeEntry> {
