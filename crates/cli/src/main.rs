@@ -150,6 +150,10 @@ enum Command {
         /// Filename padding in bytes: 4, 8, 16 or 32.
         #[arg(long, default_value_t = 32)]
         padding: usize,
+        /// Authenticated encryption (cowcrypt's own, beyond Linux fscrypt): every data unit of
+        /// every new extent gets a MAC, and a read of tampered data fails with EIO.
+        #[arg(long)]
+        authenticated: bool,
     },
     /// Show the encryption policy of a path, and for a subvolume root how much of its data is
     /// still plaintext.
@@ -349,7 +353,8 @@ fn run(cli: Cli) -> Result<()> {
             contents,
             filenames,
             padding,
-        } => policy::encrypt(&path, &key, &contents, &filenames, padding)?,
+            authenticated,
+        } => policy::encrypt(&path, &key, &contents, &filenames, padding, authenticated)?,
         Command::Policy { path } => policy::show(&path)?,
         Command::Scrub { json, target } => scrub::run(&target, json)?,
         Command::Df { json, mount } => space::df(&mount, json)?,

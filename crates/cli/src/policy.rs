@@ -33,6 +33,7 @@ pub fn encrypt(
     contents: &str,
     filenames: &str,
     padding: usize,
+    authenticated: bool,
 ) -> Result<()> {
     let id: fscrypt::KeyIdentifier = key
         .parse()
@@ -44,7 +45,12 @@ pub fn encrypt(
     let policy = PolicyV2::new(
         contents_mode(contents)?,
         filenames_mode(filenames)?,
-        pad.flag_bits(),
+        pad.flag_bits()
+            | if authenticated {
+                fscrypt::policy::FLAG_AUTHENTICATED
+            } else {
+                0
+            },
         0,
         id,
     )

@@ -33,9 +33,11 @@ pub fn run(target: &Path, json: bool) -> Result<()> {
     }
     if !r.is_clean() {
         bail!(
-            "{}: {} bad data sector(s), {} metadata fault(s)",
+            "{}: {} bad data sector(s), {} data unit(s) failing authentication, {} metadata \
+             fault(s)",
             target.display(),
             r.bad_sectors,
+            r.bad_macs,
             r.metadata_errors.len()
         );
     }
@@ -47,9 +49,14 @@ fn print(r: &ScrubReport) {
         println!("metadata: {e}");
     }
     for b in &r.bad {
+        let what = if b.reason == "mac" {
+            "tampered data unit (MAC mismatch)"
+        } else {
+            "bad sector"
+        };
         if b.files.is_empty() {
             println!(
-                "bad sector: extent {} + {} ({} bytes), in no file",
+                "{what}: extent {} + {} ({} bytes), in no file",
                 b.extent, b.offset_in_extent, b.len
             );
         }
@@ -60,15 +67,19 @@ fn print(r: &ScrubReport) {
                 format!("/{}", f.path)
             };
             println!(
-                "bad sector: {path} offset {} ({} bytes; extent {} + {})",
+                "{what}: {path} offset {} ({} bytes; extent {} + {})",
                 f.offset, b.len, b.extent, b.offset_in_extent
             );
         }
     }
-    if r.bad_sectors as usize > r.bad.len() {
+    let listed = (r.bad_sectors + r.bad_macs) as usize;
+    if listed > r.bad.len() {
+        println!("... and {} more", listed - r.bad.len());
+    }
+    if r.mac_extents + r.mac_extents_without_key > 0 {
         println!(
-            "... and {} more bad sectors",
-            r.bad_sectors as usize - r.bad.len()
+            "authenticated extents: {} verified with their key, {} not verified (key not loaded)",
+            r.mac_extents, r.mac_extents_without_key
         );
     }
     println!(
