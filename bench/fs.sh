@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Filesystem benchmark: cowcrypt (plaintext and encrypted) vs gocryptfs vs ext4, all in the same
-# run, on the same disk.
+# Filesystem benchmark: cowcrypt (plaintext and encrypted) vs gocryptfs vs ext4 (plain and with
+# kernel fscrypt) vs the raw image file, all in the same run, on the same disk.
 #
-#   bench/fs.sh [--fs cowcrypt,cowcrypt-enc,gocryptfs,ext4] [--size 1G] [--runtime 20] [--files 10000]
-#               [--repeat 3]
+#   bench/fs.sh [--fs cowcrypt,cowcrypt-enc,gocryptfs,ext4,ext4-fscrypt,raw] [--size 1G]
+#               [--runtime 20] [--files 10000] [--repeat 3]
 #               [--out FILE]
 #
-# Each filesystem gets, in this order:
+# --fs picks and orders the columns (default cowcrypt,gocryptfs,ext4). Each filesystem gets, in
+# this order:
 #   seq-write-nosync  fio, 1 MiB writes of a --size file, no fsync (then deleted)
 #   seq-write   fio, 1 MiB writes of a --size file, fsync at the end
 #   seq-read    fio, 1 MiB reads of that file after dropping every cache (cold)
@@ -15,13 +16,20 @@
 #   create      --files new 4 KiB files in one directory (open, write, close each), then sync
 # and the script prints a Markdown table with the ratios cowcrypt/gocryptfs and cowcrypt/ext4
 # against the goals (sequential >= 1.5x gocryptfs, file creation >= gocryptfs), also written to
-# --out (default target/bench-last-run.md).
+# --out (default target/bench-last-run.md). With cowcrypt-enc a second table gives its ratios
+# to plaintext cowcrypt (goal >= 0.9), gocryptfs (seq-write >= 2x, seq-read >= 1x), the raw
+# image file (seq-read >= 0.8) and ext4-fscrypt (no goal).
 #
 # Setup: ext4 on a loop image; gocryptfs (-init -extpass 'echo pw') on a directory of a second
-# ext4 loop image; cowcrypt's image a plain file. All images live in one scratch directory
-# under $COWCRYPT_SCRATCH (default /var/tmp; refused if tmpfs), so all three share one disk.
+# ext4 loop image; ext4-fscrypt on a third (mkfs.ext4 -O encrypt), its files in a directory
+# under a kernel fscrypt v2 policy (AES-256-XTS contents, AES-256-CTS names, a random 64-byte
+# key added with FS_IOC_ADD_ENCRYPTION_KEY through bench/fscrypt.py); cowcrypt's image a plain
+# file; raw a plain --size file written and read beside it (sequential rows only: the disk and
+# host filesystem under cowcrypt's image). All of it lives in one scratch directory under
+# $COWCRYPT_SCRATCH (default /var/tmp; refused if tmpfs), so all share one disk.
 # cowcrypt is $COWCRYPT or target/release/cowcrypt. Needs root, fio, gocryptfs, fuse3, python3.
-# Every mount and loop device is removed on exit, also on failure or Ctrl-C.
+# Every mount and loop device is removed on exit, also on failure or Ctrl-C, and the fscrypt
+# key is removed before its filesystem is unmounted.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib-mounts.sh
@@ -54,13 +62,28 @@ for fs in "${FSES[@]}"; do
     case $fs in
         cowcrypt | cowcrypt-enc) BIN=$(find_cowcrypt "$ROOT") ;;
         gocryptfs) command -v gocryptfs >/dev/null || { echo "missing gocryptfs" >&2; exit 1; } ;;
-        ext4) ;;
+        ext4 | raw) ;;
+        ext4-fscrypt)
+            [ -e /sys/fs/ext4/features/encryption ] ||
+                { echo "this kernel's ext4 has no encryption (CONFIG_FS_ENCRYPTION)" >&2; exit 1; } ;;
         *) echo "unknown filesystem $fs" >&2; exit 2 ;;
     esac
 done
 
 WORK=$(scratch_dir bench)
+# The identifier of the fscrypt key added to ext4-fscrypt, while it is there.
+FSCRYPT_KEY=
+remove_fscrypt_key() {
+    if [ -n "$FSCRYPT_KEY" ]; then
+        # The kernel syncs and evicts the files the key unlocked. If this fails, the unmount
+        # that follows drops the filesystem's keyring with it.
+        python3 "$ROOT/bench/fscrypt.py" remove-key "$WORK/ext4-fscrypt.root" "$FSCRYPT_KEY" ||
+            log "removing fscrypt key $FSCRYPT_KEY failed; the unmount drops it"
+        FSCRYPT_KEY=
+    fi
+}
 cleanup() {
+    remove_fscrypt_key
     cleanup_mounts
     rm -rf "$WORK"
 }
@@ -110,6 +133,25 @@ setup_fs() {
             "$BIN" encrypt "$WORK/cowcrypt-enc.root/enc" --key "$id" >/dev/null
             rmdir "$dir" 2>/dev/null || true
             ln -s "$WORK/cowcrypt-enc.root/enc" "$dir"
+            ;;
+        ext4-fscrypt)
+            # The kernel's own fscrypt on ext4, the same policy as cowcrypt-enc: v2,
+            # AES-256-XTS contents, AES-256-CTS names padded to 32, a random 64-byte key.
+            truncate -s 8G "$WORK/ext4-fscrypt.img"
+            mkfs.ext4 -q -F -O encrypt "$WORK/ext4-fscrypt.img"
+            mnt_ext4 "$WORK/ext4-fscrypt.img" "$WORK/ext4-fscrypt.root"
+            head -c 64 /dev/urandom > "$WORK/ext4-fscrypt.key"
+            FSCRYPT_KEY=$(python3 "$ROOT/bench/fscrypt.py" add-key "$WORK/ext4-fscrypt.root" \
+                "$WORK/ext4-fscrypt.key")
+            mkdir "$WORK/ext4-fscrypt.root/enc"
+            python3 "$ROOT/bench/fscrypt.py" set-policy "$WORK/ext4-fscrypt.root/enc" "$FSCRYPT_KEY"
+            rmdir "$dir" 2>/dev/null || true
+            ln -s "$WORK/ext4-fscrypt.root/enc" "$dir"
+            ;;
+        raw)
+            # No filesystem of ours: a directory in the scratch directory, so the file is on
+            # the host filesystem and disk that hold cowcrypt's image.
+            mkdir -p "$dir"
             ;;
     esac
 }
@@ -174,6 +216,11 @@ bench_fs() {
         drop_caches
     done
     R[$fs,seq-read]=$(median "${vals[@]}")
+    # The raw image file's bandwidth is an anchor for the sequential rows only.
+    if [ "$fs" = raw ]; then
+        rm -f "$dir/seq"
+        return 0
+    fi
     log "$fs: random 4 KiB reads (${RUNTIME}s)"
     run_fio "$fs-rand-read" "$dir/seq" --rw=randread --bs=4k --size="$SIZE" \
         --runtime="$RUNTIME" --time_based --randrepeat=1
@@ -203,71 +250,108 @@ PY
 for fs in "${FSES[@]}"; do
     setup_fs "$fs"
     bench_fs "$fs"
-    if [ "$fs" = cowcrypt-enc ]; then
-        umount_one "$WORK/cowcrypt-enc.root"
-    else
-        umount_one "$WORK/$fs.mnt"
-    fi
+    case $fs in
+        cowcrypt-enc) umount_one "$WORK/cowcrypt-enc.root" ;;
+        ext4-fscrypt)
+            remove_fscrypt_key
+            umount_one "$WORK/ext4-fscrypt.root"
+            ;;
+        raw) rm -rf "$WORK/raw.mnt" ;;
+        *) umount_one "$WORK/$fs.mnt" ;;
+    esac
     if [ "$fs" = gocryptfs ]; then umount_one "$WORK/gocryptfs-backing"; fi
 done
 
-# The table: values per filesystem, then the ratios where both sides ran.
+# The table: values per filesystem ("-" where a row does not apply, as raw's non-sequential
+# rows), then the ratios where both sides ran.
 TESTS=(seq-write-nosync seq-write seq-read rand-read rand-write create)
 declare -A UNIT=([seq-write-nosync]="MiB/s" [seq-write]="MiB/s" [seq-read]="MiB/s" [rand-read]="IOPS" [rand-write]="IOPS" [create]="files/s")
 declare -A GOAL=([seq-write]=1.5 [seq-read]=1.5 [create]=1.0)
-ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+val() { echo "${R[$1,$2]:--}"; }
+# $1/$2 with two decimals; "-" if either is missing.
+ratio() {
+    if [ "$1" = - ] || [ "$2" = - ]; then echo -; else python3 -c "print(f'{$1 / $2:.2f}')"; fi
+}
+# "met (>= $2$3)" or "MISSED (>= $2$3)" for the ratio $1; "-" if there is no ratio.
+verdict() {
+    if [ "$1" = - ]; then
+        echo -
+    elif python3 -c "import sys; sys.exit(0 if $1 >= $2 else 1)"; then
+        echo "met (>= $2$3)"
+    else
+        echo "MISSED (>= $2$3)"
+    fi
+}
 has() { [[ ",$FSLIST," == *",$1,"* ]]; }
+# The driver behind the kernel's xts(aes): the one of highest priority in /proc/crypto (listed
+# there once fscrypt has used it).
+kernel_xts_driver() {
+    python3 - <<'PY'
+best = None
+for entry in open("/proc/crypto").read().split("\n\n"):
+    f = {k.strip(): v.strip() for k, v in (l.split(":", 1) for l in entry.splitlines() if ":" in l)}
+    if f.get("name") == "xts(aes)" and (best is None or int(f["priority"]) > int(best["priority"])):
+        best = f
+print(best["driver"] if best else "unknown")
+PY
+}
 {
     echo "| test | unit |$(for fs in "${FSES[@]}"; do printf ' %s |' "$fs"; done) cowcrypt/gocryptfs | cowcrypt/ext4 | goal |"
     echo "|---|---|$(for _ in "${FSES[@]}"; do printf -- '---:|'; done)---:|---:|---|"
     for t in "${TESTS[@]}"; do
         row="| $t | ${UNIT[$t]} |"
-        for fs in "${FSES[@]}"; do row+=" ${R[$fs,$t]} |"; done
+        for fs in "${FSES[@]}"; do row+=" $(val "$fs" "$t") |"; done
         cg=-; ce=-; goal=-
         if has cowcrypt && has gocryptfs; then
-            cg=$(ratio "${R[cowcrypt,$t]}" "${R[gocryptfs,$t]}")
-            if [ -n "${GOAL[$t]:-}" ]; then
-                if python3 -c "import sys; sys.exit(0 if $cg >= ${GOAL[$t]} else 1)"; then
-                    goal="met (>= ${GOAL[$t]}x gocryptfs)"
-                else
-                    goal="MISSED (>= ${GOAL[$t]}x gocryptfs)"
-                fi
-            fi
+            cg=$(ratio "$(val cowcrypt "$t")" "$(val gocryptfs "$t")")
+            if [ -n "${GOAL[$t]:-}" ]; then goal=$(verdict "$cg" "${GOAL[$t]}" "x gocryptfs"); fi
         fi
-        if has cowcrypt && has ext4; then ce=$(ratio "${R[cowcrypt,$t]}" "${R[ext4,$t]}"); fi
+        if has cowcrypt && has ext4; then ce=$(ratio "$(val cowcrypt "$t")" "$(val ext4 "$t")"); fi
         echo "$row $cg | $ce | $goal |"
     done
     if has cowcrypt-enc; then
         # Encryption's own goals (the extent-encryption issue): at least 90% of plaintext
-        # cowcrypt; sequential write at least 2x gocryptfs; cold read at least gocryptfs.
+        # cowcrypt; sequential write at least 2x gocryptfs; cold read at least gocryptfs and at
+        # least 80% of what the disk gives a plain file (raw). ext4-fscrypt is shown, no goal.
         echo
-        echo "| test | cowcrypt-enc/cowcrypt | goal | cowcrypt-enc/gocryptfs | goal |"
-        echo "|---|---:|---|---:|---|"
+        echo "| test | cowcrypt-enc/cowcrypt | goal | cowcrypt-enc/gocryptfs | goal | cowcrypt-enc/raw | goal | cowcrypt-enc/ext4-fscrypt |"
+        echo "|---|---:|---|---:|---|---:|---|---:|"
         declare -A EGOAL=([seq-write]=2.0 [seq-read]=1.0)
+        declare -A RGOAL=([seq-read]=0.8)
         for t in "${TESTS[@]}"; do
-            ep=-; epg=-; eg=-; egg=-
+            ep=-; epg=-; eg=-; egg=-; er=-; erg=-; ef=-
+            enc=$(val cowcrypt-enc "$t")
             if has cowcrypt; then
-                ep=$(ratio "${R[cowcrypt-enc,$t]}" "${R[cowcrypt,$t]}")
-                if python3 -c "import sys; sys.exit(0 if $ep >= 0.9 else 1)"; then
-                    epg="met (>= 0.9)"
-                else
-                    epg="MISSED (>= 0.9)"
-                fi
+                ep=$(ratio "$enc" "$(val cowcrypt "$t")")
+                epg=$(verdict "$ep" 0.9 "")
             fi
             if has gocryptfs; then
-                eg=$(ratio "${R[cowcrypt-enc,$t]}" "${R[gocryptfs,$t]}")
-                if [ -n "${EGOAL[$t]:-}" ]; then
-                    if python3 -c "import sys; sys.exit(0 if $eg >= ${EGOAL[$t]} else 1)"; then
-                        egg="met (>= ${EGOAL[$t]}x)"
-                    else
-                        egg="MISSED (>= ${EGOAL[$t]}x)"
-                    fi
-                fi
+                eg=$(ratio "$enc" "$(val gocryptfs "$t")")
+                if [ -n "${EGOAL[$t]:-}" ]; then egg=$(verdict "$eg" "${EGOAL[$t]}" x); fi
             fi
-            echo "| $t | $ep | $epg | $eg | $egg |"
+            if has raw; then
+                er=$(ratio "$enc" "$(val raw "$t")")
+                if [ -n "${RGOAL[$t]:-}" ]; then erg=$(verdict "$er" "${RGOAL[$t]}" ""); fi
+            fi
+            if has ext4-fscrypt; then ef=$(ratio "$enc" "$(val ext4-fscrypt "$t")"); fi
+            echo "| $t | $ep | $epg | $eg | $egg | $er | $erg | $ef |"
         done
     fi
     echo
     echo "size $SIZE, sequential rows the median of $REPEAT runs, random-I/O runtime ${RUNTIME}s, $NFILES files; $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; kernel $(uname -r)"
+    if has raw; then
+        echo
+        echo "raw: a plain $SIZE file in the scratch directory (the host filesystem and disk under cowcrypt's image), sequential rows only."
+    fi
+    if has ext4-fscrypt; then
+        drv=$(kernel_xts_driver)
+        echo
+        case $drv in
+            *aes-fixed-time* | *aes-generic*)
+                echo "ext4-fscrypt: this kernel's xts(aes) is $drv, plain C without AES-NI: the column is a floor for kernel encryption here, not a bar for cowcrypt-enc." ;;
+            *)
+                echo "ext4-fscrypt: this kernel's xts(aes) is $drv." ;;
+        esac
+    fi
 } | tee "$OUT"
 log "table written to $OUT"
