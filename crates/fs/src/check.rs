@@ -129,8 +129,28 @@ impl State {
             }
         }
         self.check_subvolume_links(&mut r)?;
+        self.check_orphan_sums(&mut r)?;
         (data.progress)(data.total, data.total);
         Ok(r)
+    }
+
+    /// Every checksum-tree item (checksums, MACs) belongs to a data extent that exists.
+    fn check_orphan_sums(&mut self, r: &mut FsckReport) -> Result<()> {
+        let mut owners = BTreeSet::new();
+        {
+            let t = self.txn()?;
+            for item in t.range(tree_id::CSUM_TREE, ..)? {
+                owners.insert(item?.0.objectid);
+            }
+        }
+        for bytenr in owners {
+            if self.txn()?.data_extent(bytenr)?.is_none() {
+                r.faults.push(format!(
+                    "checksum items for extent {bytenr}, which does not exist"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every subvolume but 0 has a record, and the entry its record names links it.

@@ -52,7 +52,8 @@ impl State {
         Ok(())
     }
 
-    /// Drops one item's reference; when the extent goes, its checksums go too.
+    /// Drops one item's reference; when the extent goes, the store deletes its checksums and
+    /// MACs with it (as it does when a background subvolume drop frees an extent).
     pub(crate) fn drop_extent_ref(
         &mut self,
         obj: u64,
@@ -61,22 +62,7 @@ impl State {
     ) -> Result<()> {
         let o = owner(obj, key_offset, fe);
         self.changes += 1;
-        let t = self.txn()?;
-        t.drop_data_ref(fe.bytenr, fe.extent_len, o, 1)?;
-        if t.data_extent(fe.bytenr)?.is_none() {
-            let mut at = 0;
-            while at < fe.extent_len {
-                self.del_in(tree_id::CSUM_TREE, &Key::new(fe.bytenr, ty::DATA_CSUM, at))?;
-                at += CSUM_SPAN;
-            }
-            if fe.crypt.as_deref().is_some_and(context_is_authenticated) {
-                let mut at = 0;
-                while at < fe.extent_len {
-                    self.del_in(tree_id::CSUM_TREE, &Key::new(fe.bytenr, ty::DATA_MAC, at))?;
-                    at += MAC_SPAN;
-                }
-            }
-        }
+        self.txn()?.drop_data_ref(fe.bytenr, fe.extent_len, o, 1)?;
         Ok(())
     }
 

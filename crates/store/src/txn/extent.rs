@@ -225,7 +225,30 @@ impl WriteTxn<'_> {
         self.change_backref(bytenr, owner, n as i64)
     }
 
-    /// Drops `n` references held by `owner`; the extent is freed when its count reaches zero.
+    /// Deletes every checksum-tree item of the extent at `bytenr` (keyed by the extent's start:
+    /// checksums, MACs). They belong to the extent and go with it, whoever drops the last
+    /// reference: a file's own change or a background tree drop (which knows no files).
+    fn delete_extent_sums(&mut self, bytenr: u64) -> Result<()> {
+        if !self.has_tree(tree_id::CSUM_TREE) {
+            return Ok(());
+        }
+        let keys: Vec<Key> = self
+            .range(
+                tree_id::CSUM_TREE,
+                Key::new(bytenr, 0, 0)..=Key::new(bytenr, u8::MAX, u64::MAX),
+            )?
+            .map(|item| item.map(|(k, _)| k))
+            .collect::<Result<_>>()?;
+        for k in keys {
+            self.tree_op(tree_id::CSUM_TREE, |t, r| {
+                btree::delete(t, r, tree_id::CSUM_TREE, &k)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Drops `n` references held by `owner`; the extent is freed when its count reaches zero,
+    /// and its checksum-tree items with it.
     pub fn drop_data_ref(
         &mut self,
         bytenr: u64,
@@ -249,6 +272,7 @@ impl WriteTxn<'_> {
             self.tree_op(tree_id::EXTENT_TREE, |t, r| {
                 btree::delete(t, r, tree_id::EXTENT_TREE, &key)
             })?;
+            self.delete_extent_sums(bytenr)?;
             if self.new_data.remove(&bytenr) {
                 self.alloc.free_now(bytenr, len)
             } else {
