@@ -5,10 +5,11 @@
 //! scrub, relocation and send need no inode and no key.
 //!
 //! Authenticated extents (cowcrypt's own, [`crate::policy::FLAG_AUTHENTICATED`]) use a version-2
-//! context that says so, and every data unit gets a 16-byte MAC: keyed BLAKE3 under a per-extent
+//! context that says so, and every data unit gets a 16-byte MAC: AES-256-GMAC under a per-extent
 //! MAC key derived from the master key and the extent's nonce with cowcrypt's own HKDF prefix,
-//! over (ciphertext, data unit number, nonce). The contents stay length-preserving AES-256-XTS;
-//! the MACs live beside the checksums. See [`ExtentAuthenticator`].
+//! with the extent nonce and data unit number as GCM nonce and the ciphertext as data. The
+//! contents stay length-preserving AES-256-XTS; the MACs live beside the checksums. See
+//! [`ExtentAuthenticator`].
 
 use std::sync::Arc;
 
@@ -177,14 +178,19 @@ impl ExtentContext {
 /// unlocked master key and the extent's context alone (no inode, no policy), so scrub with the
 /// key can verify any extent it meets.
 ///
-/// A data unit's MAC is the first 16 bytes of keyed BLAKE3 over `ciphertext || data unit number
-/// (u64 LE) || nonce`. The key is the extent's own, so a MAC proves the bytes were written as
-/// this data unit of this extent: moved to another unit, another extent, or put back from an
-/// older extent, they fail. BLAKE3 rather than HMAC-SHA256 for speed (2.6 vs 1.7 GB/s per 4 KiB
-/// here); a keyed PRF rather than GMAC/Poly1305 so nothing depends on a nonce never repeating.
+/// A data unit's MAC is AES-256-GMAC (the GCM tag of an empty plaintext) with the extent's MAC
+/// key, GCM nonce `extent nonce (16 bytes) || data unit number (u64 LE)` and the unit's
+/// ciphertext as associated data. The key is the extent's own, so a MAC proves the bytes were
+/// written as this data unit of this extent: moved to another unit, another extent, or put back
+/// from an older extent, they fail. GMAC needs a nonce that never repeats with other data under
+/// one key: here the key is fresh per extent (a random 128-bit nonce) and a data unit of an
+/// extent is written exactly once (extents are never rewritten in place, DESIGN.md invariant
+/// 1), and the GCM nonce also carries the extent nonce. GMAC rather than keyed BLAKE3 or
+/// HMAC-SHA256 for speed: 14 GB/s per 4 KiB here against 2.6 and 1.7.
 pub struct ExtentAuthenticator {
     nonce: [u8; NONCE_SIZE],
-    key: Secret<{ keysetup::EXTENT_MAC_KEY_SIZE }>,
+    #[cfg(feature = "aws-lc")]
+    gmac: xts_sys::Gmac,
 }
 
 /// The cache slot of MAC keys (the keyring's cache keys are private to this crate; the top bit
@@ -210,23 +216,47 @@ impl ExtentAuthenticator {
         };
         let nonce = context.nonce;
         key.derived(&slot, |mk| {
-            Ok(ExtentAuthenticator {
-                nonce,
-                key: keysetup::extent_mac_key(mk, &nonce)?,
-            })
+            let mac_key = keysetup::extent_mac_key(mk, &nonce)?;
+            Self::with_key(nonce, &mac_key)
         })
     }
 
+    #[cfg(feature = "aws-lc")]
+    fn with_key(
+        nonce: [u8; NONCE_SIZE],
+        key: &Secret<{ keysetup::EXTENT_MAC_KEY_SIZE }>,
+    ) -> Result<Self> {
+        let gmac = xts_sys::Gmac::new(key.expose())
+            .map_err(|e| Error::invalid("extent MAC key", e.to_string()))?;
+        Ok(ExtentAuthenticator { nonce, gmac })
+    }
+
+    #[cfg(not(feature = "aws-lc"))]
+    fn with_key(
+        _nonce: [u8; NONCE_SIZE],
+        _key: &Secret<{ keysetup::EXTENT_MAC_KEY_SIZE }>,
+    ) -> Result<Self> {
+        Err(Error::UnsupportedMode(0x80))
+    }
+
     /// The MAC of one data unit's ciphertext.
-    pub fn mac(&self, data_unit: u64, ciphertext: &[u8]) -> [u8; MAC_SIZE] {
-        let mut h = blake3::Hasher::new_keyed(self.key.expose());
-        h.update(ciphertext);
-        h.update(&data_unit.to_le_bytes());
-        h.update(&self.nonce);
-        let mut out = [0u8; MAC_SIZE];
-        out.copy_from_slice(&h.finalize().as_bytes()[..MAC_SIZE]);
-        zeroize::Zeroize::zeroize(&mut h);
-        out
+    pub fn mac(&self, data_unit: u64, ciphertext: &[u8]) -> Result<[u8; MAC_SIZE]> {
+        let mut gcm_nonce = [0u8; NONCE_SIZE + 8];
+        gcm_nonce[..NONCE_SIZE].copy_from_slice(&self.nonce);
+        gcm_nonce[NONCE_SIZE..].copy_from_slice(&data_unit.to_le_bytes());
+        self.gmac_tag(&gcm_nonce, ciphertext)
+    }
+
+    #[cfg(feature = "aws-lc")]
+    fn gmac_tag(&self, nonce: &[u8], data: &[u8]) -> Result<[u8; MAC_SIZE]> {
+        self.gmac
+            .tag(nonce, data)
+            .map_err(|e| Error::invalid("extent MAC", e.to_string()))
+    }
+
+    #[cfg(not(feature = "aws-lc"))]
+    fn gmac_tag(&self, _nonce: &[u8], _data: &[u8]) -> Result<[u8; MAC_SIZE]> {
+        Err(Error::UnsupportedMode(0x80))
     }
 
     /// Writes the MAC of each `unit_size` data unit of `ciphertext` (the first being
@@ -244,7 +274,7 @@ impl ExtentAuthenticator {
             .zip(macs.chunks_mut(MAC_SIZE))
             .enumerate()
         {
-            out.copy_from_slice(&self.mac(first_unit + i as u64, unit));
+            out.copy_from_slice(&self.mac(first_unit + i as u64, unit)?);
         }
         Ok(())
     }
@@ -265,7 +295,7 @@ impl ExtentAuthenticator {
             .enumerate()
         {
             let n = first_unit + i as u64;
-            let got = self.mac(n, unit);
+            let got = self.mac(n, unit)?;
             // Constant time: a timing side channel must not reveal how much of a MAC matched.
             let diff = got.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b));
             if diff != 0 {
@@ -524,6 +554,22 @@ mod tests {
         let mut macs = vec![0u8; 3 * MAC_SIZE];
         a.seal(5, 4096, &data, &mut macs).unwrap();
         a.verify(5, 4096, &data, &macs).unwrap();
+        // Against an independent computation (Python's hmac, hashlib and cryptography's
+        // AESGCM): MAC key = HKDF-SHA512(master, "cowcrypt" 0x01 nonce)[..32]; MAC =
+        // AESGCM(key).encrypt(nonce || le64(unit), b"", ciphertext).
+        assert_eq!(
+            hex::encode(
+                keysetup::extent_mac_key(
+                    &crate::MasterKey::from_raw(&[0x42; 64]).unwrap(),
+                    &[1; 16]
+                )
+                .unwrap()
+                .expose()
+            ),
+            "6cdd9b5c6a59353bc857889816abf00d819e8c13bf170204bbb920872b78e280"
+        );
+        assert_eq!(hex::encode(&macs[..16]), "fa124a705e263b8170872ef1ba52571f");
+        assert_eq!(hex::encode(&macs[32..]), "375923ed27e77fa085e626d63dc797be");
         // A flipped bit.
         let mut flipped = data.clone();
         flipped[4096 + 100] ^= 1;

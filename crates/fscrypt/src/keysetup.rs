@@ -58,7 +58,7 @@ pub fn per_extent_key(
     expand(master, mode, CONTEXT_PER_EXTENT_ENC_KEY, nonce)
 }
 
-/// Size of an extent's MAC key (a BLAKE3 key).
+/// Size of an extent's MAC key (an AES-256-GMAC key).
 pub const EXTENT_MAC_KEY_SIZE: usize = 32;
 
 /// The MAC key of one authenticated extent (cowcrypt's own, not Linux's): HKDF-SHA512 with the

@@ -1,6 +1,8 @@
 //! A safe wrapper over aws-lc's AES-256-XTS (`EVP_aes_256_xts`), whose VAES/AVX-512 assembly is
-//! the fastest XTS available to cowcrypt (see `fscrypt::xts` for the figures). This crate holds
-//! the only `unsafe` FFI of the crypto stack, so that `fscrypt` can stay `forbid(unsafe_code)`.
+//! the fastest XTS available to cowcrypt (see `fscrypt::xts` for the figures), and over its
+//! AES-256-GCM used as GMAC ([`Gmac`]: a tag over data, nothing encrypted) for authenticated
+//! extents. This crate holds the only `unsafe` FFI of the crypto stack, so that `fscrypt` can
+//! stay `forbid(unsafe_code)`.
 //!
 //! A [`Key`] keeps one keyed encryption context and one keyed decryption context as read-only
 //! templates. XTS keeps the IV in the context, so a call needs a context of its own: it takes
@@ -268,6 +270,84 @@ fn crypt_units(
     Ok(())
 }
 
+/// Bytes of a GMAC tag.
+pub const GMAC_TAG_SIZE: usize = 16;
+
+/// An AES-256-GCM key used as GMAC: [`Gmac::tag`] is the GCM tag of an empty plaintext with the
+/// data as associated data (GHASH with VPCLMULQDQ in aws-lc: about 14 GB/s per 4 KiB here, five
+/// times keyed BLAKE3). Like every GCM use it needs a nonce that never repeats under one key
+/// with different data; the caller guarantees that.
+pub struct Gmac(NonNull<sys::EVP_AEAD_CTX>);
+
+impl Gmac {
+    /// Expands a 256-bit key (aws-lc cleanses the schedule when the context is freed).
+    pub fn new(key: &[u8; 32]) -> Result<Gmac, XtsError> {
+        // SAFETY: the AEAD is a static table; `key` points at the 32 bytes AES-256-GCM reads;
+        // the result is null-checked and then owned by the returned value.
+        let raw = unsafe {
+            sys::EVP_AEAD_CTX_new(
+                sys::EVP_aead_aes_256_gcm(),
+                key.as_ptr(),
+                key.len(),
+                GMAC_TAG_SIZE,
+            )
+        };
+        NonNull::new(raw)
+            .map(Gmac)
+            .ok_or(XtsError::Failed("EVP_AEAD_CTX_new"))
+    }
+
+    /// The tag of `data` under `nonce` (any non-empty length; GCM hashes nonces other than 12
+    /// bytes into its counter block).
+    pub fn tag(&self, nonce: &[u8], data: &[u8]) -> Result<[u8; GMAC_TAG_SIZE], XtsError> {
+        if nonce.is_empty() {
+            return Err(XtsError::BadLength);
+        }
+        let mut out = [0u8; GMAC_TAG_SIZE];
+        let mut out_len = 0usize;
+        // SAFETY: the context is keyed and only read by seal (a const operation, safe from
+        // many threads at once); `out` has room for the tag alone, which is all GCM writes for
+        // an empty input (null input pointer with length 0); nonce and data are valid slices.
+        let ok = unsafe {
+            sys::EVP_AEAD_CTX_seal(
+                self.0.as_ptr(),
+                out.as_mut_ptr(),
+                &mut out_len,
+                out.len(),
+                nonce.as_ptr(),
+                nonce.len(),
+                ptr::null(),
+                0,
+                data.as_ptr(),
+                data.len(),
+            )
+        };
+        if ok != 1 || out_len != GMAC_TAG_SIZE {
+            return Err(XtsError::Failed("EVP_AEAD_CTX_seal"));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Gmac {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from EVP_AEAD_CTX_new and is freed exactly once here.
+        unsafe { sys::EVP_AEAD_CTX_free(self.0.as_ptr()) }
+    }
+}
+
+impl fmt::Debug for Gmac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("xts_sys::Gmac(redacted)")
+    }
+}
+
+// SAFETY: a `Gmac` owns its heap context exclusively; aws-lc contexts have no thread affinity.
+unsafe impl Send for Gmac {}
+// SAFETY: through `&Gmac` the only operation is EVP_AEAD_CTX_seal, which takes a const context
+// and keeps no state in it between calls.
+unsafe impl Sync for Gmac {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +400,40 @@ mod tests {
             .decrypt_units(512, &mut data, |i| [i as u8; 16])
             .unwrap();
         assert_eq!(data, plain);
+    }
+
+    /// NIST's GCM test case 14 (AES-256, zero key, 12-byte zero IV, one zero block) gives the
+    /// tag of the encryption; as GMAC, the data goes in as associated data instead, which is
+    /// checked against an independent computation (Python `cryptography`'s AESGCM).
+    #[test]
+    fn gmac_known_answers() {
+        let g = Gmac::new(&[0u8; 32]).unwrap();
+        // AESGCM(bytes(32)).encrypt(bytes(12), b"", b"") -> tag of nothing: NIST test case 13.
+        assert_eq!(
+            g.tag(&[0u8; 12], &[]).unwrap(),
+            [
+                0x53, 0x0f, 0x8a, 0xfb, 0xc7, 0x45, 0x36, 0xb9, 0xa9, 0x63, 0xb4, 0xf1, 0xc4, 0xcb,
+                0x73, 0x8b
+            ]
+        );
+        let g = Gmac::new(&[0x11u8; 32]).unwrap();
+        let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let nonce: Vec<u8> = (0..24u8).collect();
+        assert_eq!(hex(&g.tag(&nonce, &data).unwrap()), GMAC_VECTOR);
+        assert_ne!(
+            g.tag(&nonce[..23], &data).unwrap(),
+            g.tag(&nonce, &data).unwrap()
+        );
+        assert_eq!(g.tag(&[], &data), Err(XtsError::BadLength));
+        assert!(!format!("{g:?}").contains("11"));
+    }
+
+    /// `AESGCM(bytes([0x11] * 32)).encrypt(bytes(range(24)), b"", bytes(i % 251 for i in
+    /// range(4096)))` with Python's `cryptography`.
+    const GMAC_VECTOR: &str = "54fa8e1476e8ffe1c50277a1d230deb3";
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     #[test]
