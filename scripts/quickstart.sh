@@ -74,7 +74,14 @@ else
     echo "   new open: Required key not available; the open file still reads $(head -c 1M <&3 | wc -c) bytes"
     exec 3<&-
     "$bin" key status "$mnt" "$id"
-    echo "-- 6. a read-only snapshot refuses writes; deleting a container frees its space in the background"
+    echo "-- 6. beyond fscrypt: authenticated encryption, a MAC per data unit (tampering is EIO)"
+    mkdir "$mnt/ledger"
+    "$bin" encrypt "$mnt/ledger" --key "$other" --authenticated
+    echo "SECRET-QUICKSTART-MARKER ledger entry" > "$mnt/ledger/entries"
+    head -c 512K /dev/urandom >> "$mnt/ledger/entries"
+    "$bin" policy "$mnt/ledger"
+    "$bin" scrub "$mnt" | tail -2
+    echo "-- 7. a read-only snapshot refuses writes; deleting a container frees its space in the background"
     "$bin" subvolume snapshot -r "$mnt/base" "$mnt/base.ro"
     if (echo nope > "$mnt/base.ro/etc/os-release") 2>/dev/null; then
         echo "unexpected write to a read-only snapshot" >&2
@@ -85,13 +92,13 @@ else
     "$bin" subvolume list "$mnt"
     "$bin" df "$mnt"
     umount "$mnt"
-    echo "-- 7. the raw image: no plaintext written in the encrypted container reaches it"
+    echo "-- 8. the raw image: no plaintext written in the encrypted container reaches it"
     if grep -q "SECRET-QUICKSTART-MARKER" "$work/disk.img"; then
         echo "   unexpected: the marker is in the raw image" >&2
         exit 1
     fi
     echo "   marker not found in $(du -h --apparent-size "$work/disk.img" | cut -f1) of image"
-    echo "-- 8. keyless maintenance: fsck and scrub verify everything without any key"
+    echo "-- 9. keyless maintenance: fsck and scrub verify everything without any key"
     "$bin" fsck "$work/disk.img" | tail -1
     "$bin" scrub "$work/disk.img" | tail -1
 fi
