@@ -106,24 +106,32 @@ impl State {
 
     /// Writes a new extent's bytes and records their checksums.
     pub(crate) fn write_extent(&mut self, bytenr: u64, buf: &[u8]) -> Result<()> {
-        self.write_extent_crypt(bytenr, buf, None)
+        let written = self.txn()?.data_io()?.write(bytenr, 0, buf, None)?;
+        self.record_sums(bytenr, written)
     }
 
-    /// [`State::write_extent`], encrypting through the store's data path under `crypt`; the
-    /// checksums cover the ciphertext, so scrub and relocation need no key.
+    /// [`State::write_extent`] of a buffer given up to it, encrypting through the store's data
+    /// path under `crypt` (in place); the checksums cover the ciphertext, so scrub and
+    /// relocation need no key.
     pub(crate) fn write_extent_crypt(
         &mut self,
         bytenr: u64,
-        buf: &[u8],
+        buf: Vec<u8>,
         crypt: Option<&fscrypt::extent::ExtentCryptInfo>,
     ) -> Result<()> {
         let cipher = crypt.map(crate::crypt::ExtentCipher);
-        let written = self.txn()?.data_io()?.write(
+        let written = self.txn()?.data_io()?.write_owned(
             bytenr,
             0,
             buf,
             cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
         )?;
+        self.record_sums(bytenr, written)
+    }
+
+    /// Stores what a write left to keep: the checksums, and the MACs of an authenticated
+    /// extent.
+    fn record_sums(&mut self, bytenr: u64, written: store::Written) -> Result<()> {
         for (i, group) in written
             .checksums
             .chunks(CSUMS_PER_ITEM as usize)
@@ -517,7 +525,7 @@ impl State {
                 ),
                 None => None,
             };
-            self.write_extent_crypt(bytenr, &buf, crypt.as_ref())?;
+            self.write_extent_crypt(bytenr, buf, crypt.as_ref())?;
             let removed = self.unmap(obj, start, start + len)?;
             let fe = FileExtent {
                 kind: ExtentKind::Regular,

@@ -110,27 +110,57 @@ impl<'a> DataIo<'a> {
         plaintext: &[u8],
         crypt: Option<&dyn DataCrypt>,
     ) -> Result<Written> {
-        let physical = self.locate(extent, offset_in_extent, plaintext.len(), crypt)?;
+        if crypt.is_some() {
+            // Encryption needs a buffer of its own.
+            return self.write_owned(extent, offset_in_extent, plaintext.to_vec(), crypt);
+        }
+        let physical = self.locate(extent, offset_in_extent, plaintext.len(), None)?;
+        self.dev.write_at(plaintext, physical)?;
+        Ok(Written {
+            checksums: self.sector_checksums(plaintext),
+            tags: Vec::new(),
+        })
+    }
+
+    /// [`DataIo::write`] of a buffer the caller gives up: encrypted in place, so a large extent
+    /// is not copied once more on its way to the device.
+    pub fn write_owned(
+        &self,
+        extent: u64,
+        offset_in_extent: u64,
+        mut buf: Vec<u8>,
+        crypt: Option<&dyn DataCrypt>,
+    ) -> Result<Written> {
+        let physical = self.locate(extent, offset_in_extent, buf.len(), crypt)?;
         match crypt {
             None => {
-                self.dev.write_at(plaintext, physical)?;
+                self.dev.write_at(&buf, physical)?;
                 Ok(Written {
-                    checksums: self.sector_checksums(plaintext),
+                    checksums: self.sector_checksums(&buf),
                     tags: Vec::new(),
                 })
             }
             Some(crypt) => {
-                let mut buf = plaintext.to_vec();
-                let first = first_unit(offset_in_extent, crypt);
                 let mut tags = vec![0u8; buf.len() / crypt.data_unit_size() * crypt.tag_size()];
-                in_halves(&mut buf, &mut tags, crypt, first, |first, b, t| {
-                    crypt.encrypt(first, b)?;
-                    crypt.seal(first, b, t)?;
-                    Ok(())
-                })?;
+                let mut sums = vec![0u32; buf.len() / self.sector_size];
+                self.in_halves(
+                    &mut buf,
+                    Some(crypt),
+                    &mut tags,
+                    &mut sums,
+                    |off, b, t, c| {
+                        let first = first_unit(offset_in_extent + off as u64, crypt);
+                        crypt.encrypt(first, b)?;
+                        crypt.seal(first, b, t)?;
+                        for (sum, sector) in c.iter_mut().zip(b.chunks(self.sector_size)) {
+                            *sum = checksum(sector);
+                        }
+                        Ok(())
+                    },
+                )?;
                 self.dev.write_at(&buf, physical)?;
                 Ok(Written {
-                    checksums: self.sector_checksums(&buf),
+                    checksums: sums,
                     tags,
                 })
             }
@@ -153,17 +183,32 @@ impl<'a> DataIo<'a> {
         let physical = self.locate(extent, offset_in_extent, len, crypt)?;
         let mut buf = vec![0u8; len];
         self.dev.read_at(&mut buf, physical)?;
-        if let Some(expected) = expected {
-            self.verify(extent, offset_in_extent, &buf, expected)?;
-        }
-        if let Some(crypt) = crypt {
-            let first = first_unit(offset_in_extent, crypt);
-            let mut tags = required_tags(&buf, crypt, tags)?;
-            let unit = crypt.data_unit_size() as u64;
-            // Each half is checked before it is decrypted; a failure anywhere fails the read,
-            // so no plaintext of a request with a bad unit is returned.
-            in_halves(&mut buf, &mut tags, crypt, first, |first, b, t| {
+        let mut sums = match expected {
+            Some(e) if e.len() == len / self.sector_size => e.to_vec(),
+            Some(e) => {
+                return Err(Error::InvalidRequest(format!(
+                    "{} checksums given for {} sectors",
+                    e.len(),
+                    len / self.sector_size
+                )));
+            }
+            None => Vec::new(),
+        };
+        let mut tags = match crypt {
+            Some(crypt) => required_tags(&buf, crypt, tags)?,
+            None => Vec::new(),
+        };
+        // Each part is checked (checksums, then tags) before it is decrypted; a failure
+        // anywhere fails the read, so no plaintext of a request with a bad unit is returned.
+        self.in_halves(&mut buf, crypt, &mut tags, &mut sums, |off, b, t, c| {
+            let at = offset_in_extent + off as u64;
+            if !c.is_empty() {
+                self.verify(extent, at, b, c)?;
+            }
+            if let Some(crypt) = crypt {
+                let first = first_unit(at, crypt);
                 if !t.is_empty() {
+                    let unit = crypt.data_unit_size() as u64;
                     crypt
                         .check(first, b, t)
                         .map_err(|bad| Error::AuthenticationFailed {
@@ -172,9 +217,9 @@ impl<'a> DataIo<'a> {
                         })?;
                 }
                 crypt.decrypt(first, b)?;
-                Ok(())
-            })?;
-        }
+            }
+            Ok(())
+        })?;
         Ok(buf)
     }
 
@@ -208,6 +253,49 @@ impl<'a> DataIo<'a> {
     /// The sector size checksums are taken over.
     pub fn sector_size(&self) -> usize {
         self.sector_size
+    }
+
+    /// Runs `work(byte offset, part of buf, its tags, its checksums)` over `buf`: in two parts
+    /// on two threads when the buffer is large and the machine has more than one CPU, split
+    /// on a boundary of both data units and sectors. Checksums, encryption and MACs are the data
+    /// path's CPU cost, and one FUSE request would otherwise keep one core busy while the other
+    /// waits. `tags` and `sums` are empty or hold one entry per data unit and sector.
+    fn in_halves<F>(
+        &self,
+        buf: &mut [u8],
+        crypt: Option<&dyn DataCrypt>,
+        tags: &mut [u8],
+        sums: &mut [u32],
+        work: F,
+    ) -> Result<()>
+    where
+        F: Fn(usize, &mut [u8], &mut [u8], &mut [u32]) -> Result<()> + Sync,
+    {
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cpus =
+            *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let unit = crypt.map_or(self.sector_size, |c| c.data_unit_size());
+        // Both are powers of two, so the larger is a multiple of the smaller.
+        let align = unit.max(self.sector_size);
+        let split = buf.len() / 2 / align * align;
+        if buf.len() < PARALLEL_MIN || split == 0 || cpus < 2 {
+            return work(0, buf, tags, sums);
+        }
+        let tag_size = crypt.map_or(0, |c| c.tag_size());
+        let (b1, b2) = buf.split_at_mut(split);
+        let (t1, t2) = tags.split_at_mut((split / unit * tag_size).min(tags.len()));
+        let (c1, c2) = sums.split_at_mut((split / self.sector_size).min(sums.len()));
+        let work = &work;
+        std::thread::scope(|s| {
+            let second = s.spawn(move || work(split, b2, t2, c2));
+            let r1 = work(0, b1, t1, c1);
+            // A panic in the worker is re-raised by the scope; a join error cannot otherwise
+            // occur.
+            let r2 = second
+                .join()
+                .unwrap_or_else(|_| Err(Error::InvalidRequest("data path worker failed".into())));
+            r1.and(r2)
+        })
     }
 
     fn verify(
@@ -296,45 +384,8 @@ fn required_tags(ciphertext: &[u8], crypt: &dyn DataCrypt, tags: Option<&[u8]>) 
     }
 }
 
-/// Buffers from this size up are encrypted, decrypted and authenticated in two halves at once.
+/// Buffers from this size up are checked, encrypted and authenticated in two parts at once.
 const PARALLEL_MIN: usize = 256 << 10;
-
-/// Runs `work(first data unit, units, their tags)` over `buf` and `tags`: in two halves on two
-/// threads when the buffer is large and the machine has more than one CPU. Encryption and MACs
-/// are the data path's CPU cost, and one FUSE request would otherwise keep one core busy while
-/// the other waits.
-fn in_halves<F>(
-    buf: &mut [u8],
-    tags: &mut [u8],
-    crypt: &dyn DataCrypt,
-    first: u64,
-    work: F,
-) -> Result<()>
-where
-    F: Fn(u64, &mut [u8], &mut [u8]) -> Result<()> + Sync,
-{
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let unit = crypt.data_unit_size();
-    let units = buf.len() / unit;
-    if buf.len() < PARALLEL_MIN || units < 2 || cpus < 2 {
-        return work(first, buf, tags);
-    }
-    let half = units / 2;
-    let tag_size = crypt.tag_size();
-    let (b1, b2) = buf.split_at_mut(half * unit);
-    let (t1, t2) = tags.split_at_mut(half * tag_size);
-    let work = &work;
-    std::thread::scope(|s| {
-        let second = s.spawn(move || work(first + half as u64, b2, t2));
-        let r1 = work(first, b1, t1);
-        // A panic in the worker is re-raised by the scope; a join error cannot otherwise occur.
-        let r2 = second
-            .join()
-            .unwrap_or_else(|_| Err(Error::InvalidRequest("data path worker failed".into())));
-        r1.and(r2)
-    })
-}
 
 /// The data unit number of the unit at `offset_in_extent` (checked to be unit aligned).
 fn first_unit(offset_in_extent: u64, crypt: &dyn DataCrypt) -> u64 {
@@ -556,6 +607,7 @@ mod tests {
         let mut expected = data.clone();
         crypt.0.xor(0, &mut expected);
         assert_eq!(raw, expected);
+        assert_eq!(w.checksums, io.sector_checksums(&raw));
         for (i, (u, t)) in raw.chunks(4096).zip(w.tags.chunks(8)).enumerate() {
             assert_eq!(t, TaggingCrypt::tag(i as u64, u), "tag {i}");
         }
@@ -570,6 +622,13 @@ mod tests {
             )
         };
         assert_eq!(read(&w.tags).unwrap(), data);
+        // A damaged sector in the second half is a checksum error, wherever the split falls.
+        let mut bad_sums = w.checksums.clone();
+        bad_sums[n - 1] ^= 1;
+        assert!(matches!(
+            io.read(EXTENT, 0, data.len(), Some(&crypt), Some(&bad_sums), Some(&w.tags)),
+            Err(Error::ChecksumMismatch { logical, .. }) if logical == EXTENT + (n as u64 - 1) * 4096
+        ));
         // A bad unit in the second half fails the whole read, naming that unit.
         let mut bad = w.tags.clone();
         bad[(n - 2) * 8] ^= 1;
