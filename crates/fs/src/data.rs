@@ -31,6 +31,100 @@ fn owner(obj: u64, key_offset: u64, fe: &FileExtent) -> DataRefOwner {
     }
 }
 
+/// One part of a planned read, in file order.
+pub(crate) enum ReadPiece {
+    /// Bytes known without the device: a buffered block, or a hole's zeros.
+    Bytes(Vec<u8>),
+    /// A range of an extent with what verifying it needs.
+    Extent {
+        bytenr: u64,
+        offset: u64,
+        len: usize,
+        crypt: Option<fscrypt::extent::ExtentCryptInfo>,
+        sums: Vec<u32>,
+        macs: Option<Vec<u8>>,
+    },
+}
+
+impl ReadPiece {
+    fn zeros(len: u64) -> Self {
+        ReadPiece::Bytes(vec![0; len as usize])
+    }
+
+    /// The piece's plaintext: checksums verified, then MACs, then decrypted.
+    fn read(&self, io: &store::DataIo<'_>) -> Result<Vec<u8>> {
+        match self {
+            ReadPiece::Bytes(b) => Ok(b.clone()),
+            ReadPiece::Extent {
+                bytenr,
+                offset,
+                len,
+                crypt,
+                sums,
+                macs,
+            } => {
+                let cipher = crypt.as_ref().map(crate::crypt::ExtentCipher);
+                Ok(io.read(
+                    *bytenr,
+                    *offset,
+                    *len,
+                    cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
+                    Some(sums),
+                    macs.as_deref(),
+                )?)
+            }
+        }
+    }
+}
+
+/// A file read planned under the filesystem lock and done without it, so the device reads,
+/// checksums and decryption of one request overlap with other requests (the kernel's readahead
+/// sends several at once). The read view it holds keeps every committed extent it names from
+/// being reused, even if a file change frees it meanwhile.
+pub struct PlannedRead {
+    store: std::sync::Arc<store::Store>,
+    _view: store::ReadTxn,
+    pieces: Vec<ReadPiece>,
+    skip: usize,
+    len: usize,
+}
+
+impl PlannedRead {
+    fn new(
+        s: &State,
+        view: store::ReadTxn,
+        pieces: Vec<ReadPiece>,
+        skip: usize,
+        len: usize,
+    ) -> Self {
+        PlannedRead {
+            store: s.store().clone(),
+            _view: view,
+            pieces,
+            skip,
+            len,
+        }
+    }
+
+    /// The bytes asked for. Any failure is for the caller to confirm under the lock (where it
+    /// is logged and answered): a damaged or tampered extent fails there too.
+    pub(crate) fn execute(self) -> Result<Vec<u8>> {
+        let io = self.store.data_io()?;
+        let mut out = Vec::with_capacity(self.skip + self.len);
+        for p in &self.pieces {
+            match p {
+                ReadPiece::Bytes(b) => out.extend_from_slice(b),
+                extent => out.extend_from_slice(&extent.read(&io)?),
+            }
+        }
+        if self.skip > 0 {
+            out.drain(..self.skip);
+        }
+        out.truncate(self.len);
+        Ok(out)
+    }
+}
+
 /// Whether stored extent context bytes say the extent is authenticated (has DATA_MAC items). A
 /// context that does not decode is not: it has no MACs to find.
 pub(crate) fn context_is_authenticated(context: &[u8]) -> bool {
@@ -161,7 +255,20 @@ impl State {
         len: u64,
         crypt: Option<&fscrypt::extent::ExtentCryptInfo>,
     ) -> Result<Vec<u8>> {
-        let mut expected = Vec::with_capacity((len / BLOCK) as usize);
+        let piece = self.extent_piece(bytenr, offset, len, crypt.cloned())?;
+        piece.read(&self.txn()?.data_io()?)
+    }
+
+    /// What reading `[offset, offset + len)` of the extent at `bytenr` needs besides the device:
+    /// its checksums and, for an authenticated extent, its MACs.
+    fn extent_piece(
+        &mut self,
+        bytenr: u64,
+        offset: u64,
+        len: u64,
+        crypt: Option<fscrypt::extent::ExtentCryptInfo>,
+    ) -> Result<ReadPiece> {
+        let mut sums = Vec::with_capacity((len / BLOCK) as usize);
         let end = offset + len;
         let mut group = offset / CSUM_SPAN * CSUM_SPAN;
         while group < end {
@@ -177,26 +284,99 @@ impl State {
                 ((lo - group) / BLOCK) as usize,
                 ((hi - group) / BLOCK) as usize,
             );
-            expected.extend_from_slice(
+            sums.extend_from_slice(
                 c.get(a..b)
                     .ok_or_else(|| Error::corrupt(&key, "too few data checksums"))?,
             );
             group += CSUM_SPAN;
         }
-        let macs = match crypt {
+        let macs = match &crypt {
             Some(c) if c.authenticator().is_some() => Some(self.macs(bytenr, offset, len)?),
             _ => None,
         };
-        let cipher = crypt.map(crate::crypt::ExtentCipher);
         let len = usize::try_from(len).map_err(|_| Error::Invalid("read too large"))?;
-        Ok(self.txn()?.data_io()?.read(
+        Ok(ReadPiece::Extent {
             bytenr,
             offset,
             len,
-            cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
-            Some(&expected),
-            macs.as_deref(),
-        )?)
+            crypt,
+            sums,
+            macs,
+        })
+    }
+
+    /// Plans a read of `[offset, offset + size)` of file `obj` (size `it.size`): buffered blocks
+    /// and holes are copied now, extents are left for [`PlannedRead::execute`] to read outside
+    /// the filesystem lock. `None` when some extent was written by the open transaction (its
+    /// space could be reused at once if freed), which must be read under the lock.
+    pub(crate) fn plan_read(
+        &mut self,
+        obj: u64,
+        it: &InodeItem,
+        offset: u64,
+        size: u64,
+    ) -> Result<Option<PlannedRead>> {
+        // Registered before anything is looked at: every committed extent the plan names stays
+        // allocated (pinned if freed) until the plan is dropped.
+        let view = self.store().read();
+        let mut pieces = Vec::new();
+        if offset >= it.size || size == 0 {
+            return Ok(Some(PlannedRead::new(self, view, pieces, 0, 0)));
+        }
+        let end = it.size.min(offset.saturating_add(size));
+        let first = offset / BLOCK;
+        let last = (end - 1) / BLOCK;
+        let mut blk = first;
+        while blk <= last {
+            if let Some(b) = self.dirty.get(&obj).and_then(|m| m.get(&blk)) {
+                pieces.push(ReadPiece::Bytes(b.to_vec()));
+                blk += 1;
+                continue;
+            }
+            let mut n = 1;
+            while blk + n <= last
+                && !self
+                    .dirty
+                    .get(&obj)
+                    .is_some_and(|m| m.contains_key(&(blk + n)))
+            {
+                n += 1;
+            }
+            // Blocks [blk, blk + n) from extent items alone, as read_blocks reads them.
+            let (start, stop) = (blk * BLOCK, (blk + n) * BLOCK);
+            let mut at_byte = start;
+            for (at, fe) in self.extents(obj, start, stop)? {
+                if fe.kind == ExtentKind::Prealloc {
+                    continue;
+                }
+                if self.txn()?.is_new_data(fe.bytenr) {
+                    return Ok(None);
+                }
+                let a = at.max(start);
+                let b = (at + fe.len).min(stop);
+                if a > at_byte {
+                    pieces.push(ReadPiece::zeros(a - at_byte));
+                }
+                let crypt = match &fe.crypt {
+                    Some(ctx) => Some(self.stored_extent_crypt(obj, ctx)?),
+                    None => None,
+                };
+                pieces.push(self.extent_piece(fe.bytenr, fe.offset + (a - at), b - a, crypt)?);
+                at_byte = b;
+            }
+            if stop > at_byte {
+                pieces.push(ReadPiece::zeros(stop - at_byte));
+            }
+            blk += n;
+        }
+        let skip = (offset - first * BLOCK) as usize;
+        Ok(Some(PlannedRead::new(
+            self,
+            view,
+            pieces,
+            skip,
+            (end - offset) as usize,
+        )))
     }
 
     // --- File extent items --------------------------------------------------------------------

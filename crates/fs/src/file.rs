@@ -223,6 +223,42 @@ impl State {
         Ok(data)
     }
 
+    /// [`State::read`] planned for the device work to be done outside the lock: the checks,
+    /// the plan, then the access time; [`ReadStart::Done`] when the read had to be done here
+    /// (extents written by the open transaction).
+    pub(crate) fn start_read(
+        &mut self,
+        obj: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<ReadStart> {
+        let h = self.handle(obj, fh)?;
+        if h.dir {
+            return Err(Error::IsDir);
+        }
+        if !h.flags.readable() {
+            return Err(Error::BadHandle);
+        }
+        let mut it = self.inode(obj)?;
+        if it.kind != FileKind::File {
+            return Err(Error::Invalid("read of a special file"));
+        }
+        let Some(plan) = self.plan_read(obj, &it, offset, u64::from(size))? else {
+            return self.read(obj, fh, offset, size).map(ReadStart::Done);
+        };
+        // Only once nothing can fail any more: an error after a change stops the filesystem.
+        let now = Timespec::now();
+        if !self.opts.read_only
+            && self.failed.is_none()
+            && (it.atime <= it.mtime || it.atime <= it.ctime || now.sec - it.atime.sec > 86400)
+        {
+            it.atime = now;
+            self.put_inode(obj, &it)?;
+        }
+        Ok(ReadStart::Planned(plan))
+    }
+
     pub(crate) fn write(
         &mut self,
         obj: u64,
@@ -544,4 +580,12 @@ impl State {
             frsize: BLOCK as u32,
         })
     }
+}
+
+/// How a read goes on after [`State::start_read`].
+pub(crate) enum ReadStart {
+    /// Read under the lock already.
+    Done(Vec<u8>),
+    /// To be done outside the lock.
+    Planned(crate::data::PlannedRead),
 }

@@ -65,6 +65,9 @@ pub struct Filesystem {
     /// The master keys added to this filesystem (memory only, as the kernel's keyring); the
     /// state holds the same keyring to unlock files with.
     keyring: Arc<fscrypt::keyring::Keyring>,
+    /// Reads done outside the lock that failed and were done again under it (a damaged or
+    /// tampered extent, or a race the read view should have prevented).
+    read_retries: std::sync::atomic::AtomicU64,
 }
 
 impl Filesystem {
@@ -147,6 +150,7 @@ impl Filesystem {
             shared,
             committer,
             keyring,
+            read_retries: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -394,7 +398,28 @@ impl Filesystem {
     }
 
     pub fn read(&self, ino: Ino, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
-        self.op(|s| s.read(objectid(ino)?, fh, offset, size))
+        let obj = objectid(ino)?;
+        // Planned under the lock, the device work done without it, so concurrent requests
+        // (readahead) overlap.
+        match self.op(|s| s.start_read(obj, fh, offset, size))? {
+            crate::file::ReadStart::Done(data) => Ok(data),
+            crate::file::ReadStart::Planned(plan) => match plan.execute() {
+                Ok(data) => Ok(data),
+                // Answered (and a damaged or tampered extent logged) by the same read under
+                // the lock.
+                Err(_) => {
+                    self.read_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.op(|s| s.read(obj, fh, offset, size))
+                }
+            },
+        }
+    }
+
+    /// How many reads done outside the filesystem lock failed and were done again under it
+    /// (for tests and diagnostics: outside damage and tampering, it stays 0).
+    pub fn read_retries(&self) -> u64 {
+        self.read_retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Writes at `offset`, or at the end of file for a handle opened with O_APPEND.

@@ -183,8 +183,8 @@ impl<'a> DataIo<'a> {
         let physical = self.locate(extent, offset_in_extent, len, crypt)?;
         let mut buf = vec![0u8; len];
         self.dev.read_at(&mut buf, physical)?;
-        let mut sums = match expected {
-            Some(e) if e.len() == len / self.sector_size => e.to_vec(),
+        let sums = match expected {
+            Some(e) if e.len() == len / self.sector_size => e,
             Some(e) => {
                 return Err(Error::InvalidRequest(format!(
                     "{} checksums given for {} sectors",
@@ -192,34 +192,31 @@ impl<'a> DataIo<'a> {
                     len / self.sector_size
                 )));
             }
-            None => Vec::new(),
+            None => &[],
         };
-        let mut tags = match crypt {
+        let tags = match crypt {
             Some(crypt) => required_tags(&buf, crypt, tags)?,
-            None => Vec::new(),
+            None => &[],
         };
-        // Each part is checked (checksums, then tags) before it is decrypted; a failure
-        // anywhere fails the read, so no plaintext of a request with a bad unit is returned.
-        self.in_halves(&mut buf, crypt, &mut tags, &mut sums, |off, b, t, c| {
-            let at = offset_in_extent + off as u64;
-            if !c.is_empty() {
-                self.verify(extent, at, b, c)?;
+        // Checked (checksums, then tags) before anything is decrypted. In one piece: reads are
+        // done outside the filesystem lock, so concurrent requests already keep both cores busy
+        // and splitting them measured slower; a flush of written data, done under the lock,
+        // is what gains from two threads.
+        if !sums.is_empty() {
+            self.verify(extent, offset_in_extent, &buf, sums)?;
+        }
+        if let Some(crypt) = crypt {
+            let first = first_unit(offset_in_extent, crypt);
+            if !tags.is_empty() {
+                let unit = crypt.data_unit_size() as u64;
+                crypt
+                    .check(first, &buf, tags)
+                    .map_err(|bad| Error::AuthenticationFailed {
+                        logical: extent.saturating_add(bad.unwrap_or(first).saturating_mul(unit)),
+                    })?;
             }
-            if let Some(crypt) = crypt {
-                let first = first_unit(at, crypt);
-                if !t.is_empty() {
-                    let unit = crypt.data_unit_size() as u64;
-                    crypt
-                        .check(first, b, t)
-                        .map_err(|bad| Error::AuthenticationFailed {
-                            logical: extent
-                                .saturating_add(bad.unwrap_or(first).saturating_mul(unit)),
-                        })?;
-                }
-                crypt.decrypt(first, b)?;
-            }
-            Ok(())
-        })?;
+            crypt.decrypt(first, &mut buf)?;
+        }
         Ok(buf)
     }
 
@@ -257,9 +254,9 @@ impl<'a> DataIo<'a> {
 
     /// Runs `work(byte offset, part of buf, its tags, its checksums)` over `buf`: in two parts
     /// on two threads when the buffer is large and the machine has more than one CPU, split
-    /// on a boundary of both data units and sectors. Checksums, encryption and MACs are the data
-    /// path's CPU cost, and one FUSE request would otherwise keep one core busy while the other
-    /// waits. `tags` and `sums` are empty or hold one entry per data unit and sector.
+    /// on a boundary of both data units and sectors. Encryption, MACs and checksums are the
+    /// cost of a flush, which runs under the filesystem lock and would otherwise keep one core
+    /// busy while the other waits. `tags` and `sums` hold one entry per data unit and sector.
     fn in_halves<F>(
         &self,
         buf: &mut [u8],
@@ -370,14 +367,18 @@ impl<'a> DataIo<'a> {
 
 /// The tags a read of `ciphertext` needs from the caller (none when `crypt` does not
 /// authenticate), checked for length.
-fn required_tags(ciphertext: &[u8], crypt: &dyn DataCrypt, tags: Option<&[u8]>) -> Result<Vec<u8>> {
+fn required_tags<'t>(
+    ciphertext: &[u8],
+    crypt: &dyn DataCrypt,
+    tags: Option<&'t [u8]>,
+) -> Result<&'t [u8]> {
     let size = crypt.tag_size();
     if size == 0 {
-        return Ok(Vec::new());
+        return Ok(&[]);
     }
     let want = ciphertext.len() / crypt.data_unit_size() * size;
     match tags {
-        Some(t) if t.len() == want => Ok(t.to_vec()),
+        Some(t) if t.len() == want => Ok(t),
         _ => Err(Error::InvalidRequest(format!(
             "{want} bytes of tags needed to read authenticated data"
         ))),

@@ -794,6 +794,14 @@ impl NodeStore for WriteTxn<'_> {
 }
 
 impl<'a> WriteTxn<'a> {
+    /// Whether the data extent at `bytenr` was allocated by this (uncommitted) transaction:
+    /// if it is freed again before the commit, its space is reusable at once, so only extents
+    /// of committed generations may be read outside the caller's lock under a [`ReadTxn`]
+    /// (which keeps freed committed extents pinned while it lives).
+    pub fn is_new_data(&self, bytenr: u64) -> bool {
+        self.new_data.contains(&bytenr)
+    }
+
     /// The data path over this store's device and chunk map, for extents this transaction
     /// allocated.
     pub fn data_io(&self) -> Result<crate::data_io::DataIo<'_>> {
