@@ -172,28 +172,55 @@ impl State {
 
     /// The MACs of the data units in `[offset, offset + len)` of the extent at `bytenr`.
     pub(crate) fn macs(&mut self, bytenr: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let size = fscrypt::extent::MAC_SIZE;
-        let mut out = Vec::with_capacity((len / BLOCK) as usize * size);
+        let per_block = fscrypt::extent::MAC_SIZE;
+        self.block_entries(
+            bytenr,
+            ty::DATA_MAC,
+            MAC_SPAN,
+            per_block,
+            offset,
+            len,
+            items::decode_macs,
+        )
+    }
+
+    /// The entries for the blocks in `[offset, offset + len)` of the extent at `bytenr`, from
+    /// its checksum-tree items of `item_type`: each item covers `span` bytes of the extent from
+    /// its key offset and holds `per_block` entries per block (checksums: one u32; MACs: 16
+    /// bytes).
+    #[allow(clippy::too_many_arguments)]
+    fn block_entries<T: Copy>(
+        &mut self,
+        bytenr: u64,
+        item_type: u8,
+        span: u64,
+        per_block: usize,
+        offset: u64,
+        len: u64,
+        decode: impl Fn(&Key, &[u8]) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity((len / BLOCK) as usize * per_block);
         let end = offset + len;
-        let mut group = offset / MAC_SPAN * MAC_SPAN;
+        let mut group = offset / span * span;
         while group < end {
-            let key = Key::new(bytenr, ty::DATA_MAC, group);
+            let key = Key::new(bytenr, item_type, group);
             let v = self
                 .txn()?
                 .get(tree_id::CSUM_TREE, &key)?
-                .ok_or_else(|| Error::corrupt(&key, "missing data unit MACs"))?;
-            let m = items::decode_macs(&key, &v)?;
+                .ok_or_else(|| Error::corrupt(&key, "missing data checksums or MACs"))?;
+            let entries = decode(&key, &v)?;
             let lo = offset.max(group);
-            let hi = end.min(group + MAC_SPAN);
+            let hi = end.min(group + span);
             let (a, b) = (
-                ((lo - group) / BLOCK) as usize * size,
-                ((hi - group) / BLOCK) as usize * size,
+                ((lo - group) / BLOCK) as usize * per_block,
+                ((hi - group) / BLOCK) as usize * per_block,
             );
             out.extend_from_slice(
-                m.get(a..b)
-                    .ok_or_else(|| Error::corrupt(&key, "too few data unit MACs"))?,
+                entries
+                    .get(a..b)
+                    .ok_or_else(|| Error::corrupt(&key, "too few data checksums or MACs"))?,
             );
-            group += MAC_SPAN;
+            group += span;
         }
         Ok(out)
     }
@@ -268,28 +295,15 @@ impl State {
         len: u64,
         crypt: Option<fscrypt::extent::ExtentCryptInfo>,
     ) -> Result<ReadPiece> {
-        let mut sums = Vec::with_capacity((len / BLOCK) as usize);
-        let end = offset + len;
-        let mut group = offset / CSUM_SPAN * CSUM_SPAN;
-        while group < end {
-            let key = Key::new(bytenr, ty::DATA_CSUM, group);
-            let v = self
-                .txn()?
-                .get(tree_id::CSUM_TREE, &key)?
-                .ok_or_else(|| Error::corrupt(&key, "missing data checksums"))?;
-            let c = items::decode_csums(&key, &v)?;
-            let lo = offset.max(group);
-            let hi = end.min(group + CSUM_SPAN);
-            let (a, b) = (
-                ((lo - group) / BLOCK) as usize,
-                ((hi - group) / BLOCK) as usize,
-            );
-            sums.extend_from_slice(
-                c.get(a..b)
-                    .ok_or_else(|| Error::corrupt(&key, "too few data checksums"))?,
-            );
-            group += CSUM_SPAN;
-        }
+        let sums = self.block_entries(
+            bytenr,
+            ty::DATA_CSUM,
+            CSUM_SPAN,
+            1,
+            offset,
+            len,
+            items::decode_csums,
+        )?;
         let macs = match &crypt {
             Some(c) if c.authenticator().is_some() => Some(self.macs(bytenr, offset, len)?),
             _ => None,
