@@ -19,6 +19,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib-mounts.sh
 . "$ROOT/scripts/lib-mounts.sh"
+# shellcheck source=bench/lib-fio.sh
+. "$ROOT/bench/lib-fio.sh"
 
 SIZE=1G
 REPEAT=5
@@ -50,11 +52,6 @@ RAW=$WORK/raw
 MNT=$WORK/mnt
 mkdir -p "$RAW" "$MNT"
 
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
-
 "$BIN" mkfs "$WORK/cowcrypt.img" --size 8G >/dev/null
 mnt_cowcrypt "$BIN" "$WORK/cowcrypt.img" "$MNT" "$RAW/daemon.log"
 head -c 64 /dev/urandom >"$WORK/bench.key"
@@ -63,28 +60,6 @@ mkdir "$MNT/plain" "$MNT/auth"
 "$BIN" encrypt "$MNT/plain" --key "$ID" >/dev/null
 "$BIN" encrypt "$MNT/auth" --key "$ID" --authenticated >/dev/null
 
-run_fio() {
-    local name=$1 file=$2
-    shift 2
-    fio --name="$name" --filename="$file" --ioengine=psync --numjobs=1 --fallocate=none \
-        --output-format=json --output="$RAW/$name.json" "$@" >/dev/null &
-    CHILD=$!
-    wait "$CHILD"
-    CHILD=
-}
-
-fio_bw() {
-    python3 - "$RAW/$1.json" "$2" <<'PY'
-import json, sys
-job = json.load(open(sys.argv[1]))["jobs"][0][sys.argv[2]]
-print(f"{job['bw_bytes'] / 2**20:.1f}")
-PY
-}
-
-median() {
-    python3 -c 'import statistics, sys; print(f"{statistics.median(map(float, sys.argv[1:])):.1f}")' "$@"
-}
-
 declare -A V=()
 one() {
     local d=$1 i=$2
@@ -92,11 +67,11 @@ one() {
     drop_caches
     log "$d: sequential write ($SIZE), fsync at the end ($i/$REPEAT)"
     run_fio "$d-write-$i" "$MNT/$d/seq" --rw=write --bs=1M --size="$SIZE" --end_fsync=1
-    V[$d,seq-write]+=" $(fio_bw "$d-write-$i" write)"
+    V[$d,seq-write]+=" $(fio_value "$d-write-$i" write bw)"
     drop_caches
     log "$d: sequential read, cold ($i/$REPEAT)"
     run_fio "$d-read-$i" "$MNT/$d/seq" --rw=read --bs=1M --size="$SIZE"
-    V[$d,seq-read]+=" $(fio_bw "$d-read-$i" read)"
+    V[$d,seq-read]+=" $(fio_value "$d-read-$i" read bw)"
     rm -f "$MNT/$d/seq"
 }
 

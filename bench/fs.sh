@@ -34,6 +34,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib-mounts.sh
 . "$ROOT/scripts/lib-mounts.sh"
+# shellcheck source=bench/lib-fio.sh
+. "$ROOT/bench/lib-fio.sh"
 
 FSLIST=cowcrypt,gocryptfs,ext4
 REPEAT=3
@@ -93,11 +95,6 @@ trap '[ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null; exit 130' INT TERM
 RAW=$WORK/raw
 mkdir -p "$RAW"
 
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
-
 # Mounts filesystem $1 on $WORK/$1.mnt.
 setup_fs() {
     local fs=$1 dir=$WORK/$1.mnt
@@ -154,33 +151,6 @@ setup_fs() {
             mkdir -p "$dir"
             ;;
     esac
-}
-
-# fio job on file $2 with name $1 and the remaining arguments; JSON to $RAW.
-run_fio() {
-    local name=$1 file=$2
-    shift 2
-    # In the background and waited for, so Ctrl-C or TERM cleans up at once (bash runs traps
-    # only after a foreground child ends).
-    fio --name="$name" --filename="$file" --ioengine=psync --numjobs=1 --fallocate=none \
-        --output-format=json --output="$RAW/$name.json" "$@" >/dev/null &
-    CHILD=$!
-    wait "$CHILD"
-    CHILD=
-}
-
-# Prints one fio result from $RAW/$1.json: $2 is read or write, $3 is bw (MiB/s) or iops.
-fio_value() {
-    python3 - "$RAW/$1.json" "$2" "$3" <<'PY'
-import json, sys
-job = json.load(open(sys.argv[1]))["jobs"][0][sys.argv[2]]
-print(f"{job['bw_bytes'] / 2**20:.1f}" if sys.argv[3] == "bw" else f"{job['iops']:.0f}")
-PY
-}
-
-# The median of the numbers given.
-median() {
-    python3 -c 'import statistics, sys; print(f"{statistics.median(map(float, sys.argv[1:])):.1f}")' "$@"
 }
 
 declare -A R=()
