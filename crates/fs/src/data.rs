@@ -31,12 +31,13 @@ fn owner(obj: u64, key_offset: u64, fe: &FileExtent) -> DataRefOwner {
     }
 }
 
-/// One part of a planned read, in file order.
+/// One part of a read, in file order.
 pub(crate) enum ReadPiece {
     /// Bytes known without the device: a buffered block, or a hole's zeros.
     Bytes(Vec<u8>),
-    /// A range of an extent with what verifying it needs.
+    /// A range of an extent, where the file holds it, with what verifying it needs.
     Extent {
+        file_offset: u64,
         bytenr: u64,
         offset: u64,
         len: usize,
@@ -51,10 +52,10 @@ impl ReadPiece {
         ReadPiece::Bytes(vec![0; len as usize])
     }
 
-    /// The piece's plaintext: checksums verified, then MACs, then decrypted.
-    fn read(&self, io: &store::DataIo<'_>) -> Result<Vec<u8>> {
+    /// Appends the piece's plaintext to `out`: checksums verified, then MACs, then decrypted.
+    fn append_to(&self, io: &store::DataIo<'_>, out: &mut Vec<u8>) -> Result<()> {
         match self {
-            ReadPiece::Bytes(b) => Ok(b.clone()),
+            ReadPiece::Bytes(b) => out.extend_from_slice(b),
             ReadPiece::Extent {
                 bytenr,
                 offset,
@@ -62,18 +63,25 @@ impl ReadPiece {
                 crypt,
                 sums,
                 macs,
+                ..
             } => {
                 let cipher = crypt.as_ref().map(crate::crypt::ExtentCipher);
-                Ok(io.read(
+                let data = io.read(
                     *bytenr,
                     *offset,
                     *len,
                     cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
                     Some(sums),
                     macs.as_deref(),
-                )?)
+                )?;
+                if out.is_empty() {
+                    *out = data;
+                } else {
+                    out.extend_from_slice(&data);
+                }
             }
         }
+        Ok(())
     }
 }
 
@@ -110,19 +118,19 @@ impl PlannedRead {
     /// is logged and answered): a damaged or tampered extent fails there too.
     pub(crate) fn execute(self) -> Result<Vec<u8>> {
         let io = self.store.data_io()?;
-        let mut out = Vec::with_capacity(self.skip + self.len);
+        let mut out = Vec::new();
         for p in &self.pieces {
-            match p {
-                ReadPiece::Bytes(b) => out.extend_from_slice(b),
-                extent => out.extend_from_slice(&extent.read(&io)?),
-            }
+            p.append_to(&io, &mut out)?;
         }
-        if self.skip > 0 {
-            out.drain(..self.skip);
-        }
-        out.truncate(self.len);
-        Ok(out)
+        Ok(window(out, self.skip, self.len))
     }
+}
+
+/// The `len` bytes from `skip` of whole blocks read: what a read asked for.
+fn window(mut blocks: Vec<u8>, skip: usize, len: usize) -> Vec<u8> {
+    blocks.truncate(skip + len);
+    blocks.drain(..skip);
+    blocks
 }
 
 /// Whether stored extent context bytes say the extent is authenticated (has DATA_MAC items). A
@@ -282,14 +290,17 @@ impl State {
         len: u64,
         crypt: Option<&fscrypt::extent::ExtentCryptInfo>,
     ) -> Result<Vec<u8>> {
-        let piece = self.extent_piece(bytenr, offset, len, crypt.cloned())?;
-        piece.read(&self.txn()?.data_io()?)
+        let piece = self.extent_piece(0, bytenr, offset, len, crypt.cloned())?;
+        let mut out = Vec::new();
+        piece.append_to(&self.txn()?.data_io()?, &mut out)?;
+        Ok(out)
     }
 
     /// What reading `[offset, offset + len)` of the extent at `bytenr` needs besides the device:
     /// its checksums and, for an authenticated extent, its MACs.
     fn extent_piece(
         &mut self,
+        file_offset: u64,
         bytenr: u64,
         offset: u64,
         len: u64,
@@ -310,6 +321,7 @@ impl State {
         };
         let len = usize::try_from(len).map_err(|_| Error::Invalid("read too large"))?;
         Ok(ReadPiece::Extent {
+            file_offset,
             bytenr,
             offset,
             len,
@@ -333,9 +345,26 @@ impl State {
         // Registered before anything is looked at: every committed extent the plan names stays
         // allocated (pinned if freed) until the plan is dropped.
         let view = self.store().read();
+        Ok(self
+            .file_pieces(obj, it, offset, size, true)?
+            .map(|(pieces, skip, len)| PlannedRead::new(self, view, pieces, skip, len)))
+    }
+
+    /// The pieces covering the blocks of `[offset, offset + size)` of file `obj` (size
+    /// `it.size`), buffered blocks first, then extents; with where the asked bytes start in
+    /// them and how many there are. With `committed_only`, `None` as soon as an extent was
+    /// written by the open transaction.
+    fn file_pieces(
+        &mut self,
+        obj: u64,
+        it: &InodeItem,
+        offset: u64,
+        size: u64,
+        committed_only: bool,
+    ) -> Result<Option<(Vec<ReadPiece>, usize, usize)>> {
         let mut pieces = Vec::new();
         if offset >= it.size || size == 0 {
-            return Ok(Some(PlannedRead::new(self, view, pieces, 0, 0)));
+            return Ok(Some((pieces, 0, 0)));
         }
         let end = it.size.min(offset.saturating_add(size));
         let first = offset / BLOCK;
@@ -347,6 +376,7 @@ impl State {
                 blk += 1;
                 continue;
             }
+            // A run of blocks not buffered: from the extent items.
             let mut n = 1;
             while blk + n <= last
                 && !self
@@ -356,41 +386,13 @@ impl State {
             {
                 n += 1;
             }
-            // Blocks [blk, blk + n) from extent items alone, as read_blocks reads them.
-            let (start, stop) = (blk * BLOCK, (blk + n) * BLOCK);
-            let mut at_byte = start;
-            for (at, fe) in self.extents(obj, start, stop)? {
-                if fe.kind == ExtentKind::Prealloc {
-                    continue;
-                }
-                if self.txn()?.is_new_data(fe.bytenr) {
-                    return Ok(None);
-                }
-                let a = at.max(start);
-                let b = (at + fe.len).min(stop);
-                if a > at_byte {
-                    pieces.push(ReadPiece::zeros(a - at_byte));
-                }
-                let crypt = match &fe.crypt {
-                    Some(ctx) => Some(self.stored_extent_crypt(obj, ctx)?),
-                    None => None,
-                };
-                pieces.push(self.extent_piece(fe.bytenr, fe.offset + (a - at), b - a, crypt)?);
-                at_byte = b;
-            }
-            if stop > at_byte {
-                pieces.push(ReadPiece::zeros(stop - at_byte));
+            if !self.block_pieces(obj, blk, n, committed_only, &mut pieces)? {
+                return Ok(None);
             }
             blk += n;
         }
         let skip = (offset - first * BLOCK) as usize;
-        Ok(Some(PlannedRead::new(
-            self,
-            view,
-            pieces,
-            skip,
-            (end - offset) as usize,
-        )))
+        Ok(Some((pieces, skip, (end - offset) as usize)))
     }
 
     // --- File extent items --------------------------------------------------------------------
@@ -461,38 +463,72 @@ impl State {
         Ok(removed)
     }
 
-    /// Reads blocks `[first, first + n)` from extent items alone (holes and preallocated
-    /// ranges read as zeros).
-    fn read_blocks(&mut self, obj: u64, first: u64, n: u64) -> Result<Vec<u8>> {
-        let start = first * BLOCK;
-        let end = start + n * BLOCK;
-        let mut buf = vec![0u8; (n * BLOCK) as usize];
+    /// The pieces of blocks `[first, first + n)` from extent items alone (holes and
+    /// preallocated ranges are zeros), appended to `out`. With `committed_only`, false (and
+    /// `out` partly filled) as soon as an extent was written by the open transaction.
+    fn block_pieces(
+        &mut self,
+        obj: u64,
+        first: u64,
+        n: u64,
+        committed_only: bool,
+        out: &mut Vec<ReadPiece>,
+    ) -> Result<bool> {
+        let (start, end) = (first * BLOCK, (first + n) * BLOCK);
+        let mut done = start;
         for (at, fe) in self.extents(obj, start, end)? {
             if fe.kind == ExtentKind::Prealloc {
                 continue;
             }
+            if committed_only && self.txn()?.is_new_data(fe.bytenr) {
+                return Ok(false);
+            }
             let a = at.max(start);
             let b = (at + fe.len).min(end);
-            let data = match &fe.crypt {
-                // Never hand out ciphertext: decrypted with the extent's own key, or ENOKEY.
-                Some(ctx) => {
-                    let info = self.stored_extent_crypt(obj, ctx)?;
-                    let off = fe.offset + (a - at);
-                    match self.read_extent_crypt(fe.bytenr, off, b - a, Some(&info)) {
-                        Err(Error::Store(store::Error::AuthenticationFailed { logical })) => {
-                            // The file offset of the unit that failed, from its extent address.
-                            let offset = a + logical.saturating_sub(fe.bytenr + off);
-                            self.log_tampered(obj, offset);
-                            return Err(Error::Store(store::Error::AuthenticationFailed {
-                                logical,
-                            }));
-                        }
-                        r => r?,
-                    }
-                }
-                None => self.read_extent(fe.bytenr, fe.offset + (a - at), b - a)?,
+            if a > done {
+                out.push(ReadPiece::zeros(a - done));
+            }
+            // Never hand out ciphertext: decrypted with the extent's own key, or ENOKEY.
+            let crypt = match &fe.crypt {
+                Some(ctx) => Some(self.stored_extent_crypt(obj, ctx)?),
+                None => None,
             };
-            buf[(a - start) as usize..(b - start) as usize].copy_from_slice(&data);
+            out.push(self.extent_piece(a, fe.bytenr, fe.offset + (a - at), b - a, crypt)?);
+            done = b;
+        }
+        if end > done {
+            out.push(ReadPiece::zeros(end - done));
+        }
+        Ok(true)
+    }
+
+    /// Reads blocks `[first, first + n)` under the lock (see [`State::block_pieces`]).
+    fn read_blocks(&mut self, obj: u64, first: u64, n: u64) -> Result<Vec<u8>> {
+        let mut pieces = Vec::new();
+        self.block_pieces(obj, first, n, false, &mut pieces)?;
+        self.read_pieces(obj, &pieces)
+    }
+
+    /// Reads the pieces of file `obj` under the lock; data that fails authentication is logged
+    /// with its file offset.
+    fn read_pieces(&mut self, obj: u64, pieces: &[ReadPiece]) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        for p in pieces {
+            let r = p.append_to(&self.txn()?.data_io()?, &mut buf);
+            if let (
+                Err(Error::Store(store::Error::AuthenticationFailed { logical })),
+                ReadPiece::Extent {
+                    file_offset,
+                    bytenr,
+                    offset,
+                    ..
+                },
+            ) = (&r, p)
+            {
+                // The file offset of the unit that failed, from its extent address.
+                self.log_tampered(obj, file_offset + logical.saturating_sub(bytenr + offset));
+            }
+            r?;
         }
         Ok(buf)
     }
@@ -584,39 +620,10 @@ impl State {
         offset: u64,
         size: u64,
     ) -> Result<Vec<u8>> {
-        if offset >= it.size || size == 0 {
-            return Ok(Vec::new());
-        }
-        let end = it.size.min(offset.saturating_add(size));
-        let first = offset / BLOCK;
-        let last = (end - 1) / BLOCK;
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        let mut blk = first;
-        while blk <= last {
-            let dirty = self.dirty.get(&obj).and_then(|m| m.get(&blk)).cloned();
-            let (data, n) = match dirty {
-                Some(b) => (b.into_vec(), 1),
-                None => {
-                    // A run of blocks not buffered: one read.
-                    let mut n = 1;
-                    while blk + n <= last
-                        && !self
-                            .dirty
-                            .get(&obj)
-                            .is_some_and(|m| m.contains_key(&(blk + n)))
-                    {
-                        n += 1;
-                    }
-                    (self.read_blocks(obj, blk, n)?, n)
-                }
-            };
-            let run_start = blk * BLOCK;
-            let a = offset.max(run_start) - run_start;
-            let b = end.min(run_start + n * BLOCK) - run_start;
-            out.extend_from_slice(&data[a as usize..b as usize]);
-            blk += n;
-        }
-        Ok(out)
+        let (pieces, skip, len) = self
+            .file_pieces(obj, it, offset, size, false)?
+            .ok_or(Error::Invalid("read plan refused"))?;
+        Ok(window(self.read_pieces(obj, &pieces)?, skip, len))
     }
 
     /// Buffers `data` at `offset` and grows the size; the caller sets times and writes `it`.
