@@ -7,35 +7,16 @@
 //!
 //! Needs root and /dev/fuse; skipped with a message otherwise, except under CI=true.
 
+mod common;
+
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
+use common::{ok, run};
 use cowfs::items::{self, ty};
 use fsx::harness::Scratch;
 use store::{BlockDevice, FileDevice, Key, Store, tree_id};
-
-fn run(bin: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{o:?}");
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
 
 /// The logical start of every authenticated (version-2 context) extent, from inspect --json.
 fn authenticated_extents(bin: &Path, image: &Path) -> Vec<u64> {

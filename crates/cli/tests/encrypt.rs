@@ -6,32 +6,14 @@
 //!
 //! Needs root and /dev/fuse; skipped with a message otherwise, except under CI=true.
 
+mod common;
+
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
+use common::{ok, run};
 use fsx::harness::{CowcryptMount, Scratch};
-
-fn run(bin: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{o:?}");
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
 
 fn image_has(image: &Path, needle: &[u8]) -> bool {
     let all = std::fs::read(image).unwrap();
