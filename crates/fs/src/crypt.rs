@@ -313,6 +313,18 @@ impl State {
         let Some(ctx) = self.inode_context(obj)? else {
             return Ok(None);
         };
+        self.inode_crypt_info(obj, &ctx, InodeKind::Symlink)
+            .map(Some)
+    }
+
+    /// The crypt state of inode `obj` with context `ctx`: its names key (ENOKEY without the
+    /// master key).
+    fn inode_crypt_info(
+        &mut self,
+        obj: u64,
+        ctx: &InodeContext,
+        kind: InodeKind,
+    ) -> Result<InodeCryptInfo> {
         let key = self
             .keyring
             .unlock(ctx.policy().master_key_identifier())
@@ -323,9 +335,7 @@ impl State {
             uuid: [0; 16],
             block_size_bits: BLOCK_BITS,
         };
-        InodeCryptInfo::new(common, &ctx, local(obj), InodeKind::Symlink, &fs)
-            .map(Some)
-            .map_err(crypt_error)
+        InodeCryptInfo::new(common, ctx, local(obj), kind, &fs).map_err(crypt_error)
     }
 
     /// The bytes to store for symlink `obj`'s target: Linux's encrypted blob when the symlink
@@ -382,17 +392,7 @@ impl State {
         let ctx = self.inode_context(dir)?.ok_or_else(|| {
             Error::corrupt(&Key::new(dir, ty::INODE, 0), "encrypted names, no context")
         })?;
-        let key = self
-            .keyring
-            .unlock(ctx.policy().master_key_identifier())
-            .map_err(crypt_error)?;
-        let common = CryptCommon::new(*ctx.policy(), key).map_err(crypt_error)?;
-        let fs = FsParams {
-            uuid: [0; 16],
-            block_size_bits: BLOCK_BITS,
-        };
-        InodeCryptInfo::new(common, &ctx, local(dir), InodeKind::Directory, &fs)
-            .map_err(crypt_error)
+        self.inode_crypt_info(dir, &ctx, InodeKind::Directory)
     }
 
     /// The stored form of `name` in directory `dir`: itself, or in an encrypted directory its

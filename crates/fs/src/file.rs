@@ -198,28 +198,9 @@ impl State {
     }
 
     pub(crate) fn read(&mut self, obj: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let h = self.handle(obj, fh)?;
-        if h.dir {
-            return Err(Error::IsDir);
-        }
-        if !h.flags.readable() {
-            return Err(Error::BadHandle);
-        }
-        let mut it = self.inode(obj)?;
-        if it.kind != FileKind::File {
-            // FIFOs and devices are served by the kernel, never through file data.
-            return Err(Error::Invalid("read of a special file"));
-        }
+        let mut it = self.readable_file(obj, fh)?;
         let data = self.read_data(obj, &it, offset, u64::from(size))?;
-        // relatime: record an access once after each change, or once a day.
-        let now = Timespec::now();
-        if !self.opts.read_only
-            && self.failed.is_none()
-            && (it.atime <= it.mtime || it.atime <= it.ctime || now.sec - it.atime.sec > 86400)
-        {
-            it.atime = now;
-            self.put_inode(obj, &it)?;
-        }
+        self.touch_atime(obj, &mut it)?;
         Ok(data)
     }
 
@@ -233,6 +214,16 @@ impl State {
         offset: u64,
         size: u32,
     ) -> Result<ReadStart> {
+        let mut it = self.readable_file(obj, fh)?;
+        let Some(plan) = self.plan_read(obj, &it, offset, u64::from(size))? else {
+            return self.read(obj, fh, offset, size).map(ReadStart::Done);
+        };
+        self.touch_atime(obj, &mut it)?;
+        Ok(ReadStart::Planned(plan))
+    }
+
+    /// The inode of regular file `obj` if handle `fh` may read it.
+    fn readable_file(&mut self, obj: u64, fh: u64) -> Result<crate::items::InodeItem> {
         let h = self.handle(obj, fh)?;
         if h.dir {
             return Err(Error::IsDir);
@@ -240,23 +231,26 @@ impl State {
         if !h.flags.readable() {
             return Err(Error::BadHandle);
         }
-        let mut it = self.inode(obj)?;
+        let it = self.inode(obj)?;
         if it.kind != FileKind::File {
+            // FIFOs and devices are served by the kernel, never through file data.
             return Err(Error::Invalid("read of a special file"));
         }
-        let Some(plan) = self.plan_read(obj, &it, offset, u64::from(size))? else {
-            return self.read(obj, fh, offset, size).map(ReadStart::Done);
-        };
-        // Only once nothing can fail any more: an error after a change stops the filesystem.
+        Ok(it)
+    }
+
+    /// relatime: records an access once after each change, or once a day. Called only once the
+    /// read has nothing left that can fail: an error after a change stops the filesystem.
+    fn touch_atime(&mut self, obj: u64, it: &mut crate::items::InodeItem) -> Result<()> {
         let now = Timespec::now();
         if !self.opts.read_only
             && self.failed.is_none()
             && (it.atime <= it.mtime || it.atime <= it.ctime || now.sec - it.atime.sec > 86400)
         {
             it.atime = now;
-            self.put_inode(obj, &it)?;
+            self.put_inode(obj, it)?;
         }
-        Ok(ReadStart::Planned(plan))
+        Ok(())
     }
 
     pub(crate) fn write(
