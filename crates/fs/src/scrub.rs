@@ -213,13 +213,36 @@ impl State {
         r: &mut ScrubReport,
     ) -> Result<BTreeMap<u64, (u64, ExtentContext)>> {
         let mut out = BTreeMap::new();
+        for (_, _, fe) in self.regular_file_extents(&mut r.metadata_errors)? {
+            if out.contains_key(&fe.bytenr) {
+                continue;
+            }
+            if let Some(ctx) = fe
+                .crypt
+                .as_deref()
+                .and_then(|c| ExtentContext::decode(c).ok())
+                .filter(ExtentContext::authenticated)
+            {
+                out.insert(fe.bytenr, (fe.extent_len, ctx));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every regular file extent item of every subvolume: (inode, key offset, item). A
+    /// subvolume whose tree cannot be read adds a metadata error (once) and no items.
+    fn regular_file_extents(
+        &mut self,
+        metadata_errors: &mut Vec<String>,
+    ) -> Result<Vec<(u64, u64, FileExtent)>> {
+        let mut out = Vec::new();
         for subvol in self.subvol_ids()? {
             let items = match self.items_in(subvol_tree(subvol), Key::MIN, Key::MAX, usize::MAX) {
                 Ok(items) => items,
                 Err(e) => {
                     let e = format!("subvolume {subvol}: {e}");
-                    if !r.metadata_errors.contains(&e) {
-                        r.metadata_errors.push(e);
+                    if !metadata_errors.contains(&e) {
+                        metadata_errors.push(e);
                     }
                     continue;
                 }
@@ -228,19 +251,10 @@ impl State {
                 if k.item_type != ty::FILE_EXTENT {
                     continue;
                 }
-                let Ok(fe) = FileExtent::decode(&k, &v) else {
-                    continue;
-                };
-                if fe.kind != ExtentKind::Regular || out.contains_key(&fe.bytenr) {
-                    continue;
-                }
-                if let Some(ctx) = fe
-                    .crypt
-                    .as_deref()
-                    .and_then(|c| ExtentContext::decode(c).ok())
-                    .filter(ExtentContext::authenticated)
+                if let Ok(fe) = FileExtent::decode(&k, &v)
+                    && fe.kind == ExtentKind::Regular
                 {
-                    out.insert(fe.bytenr, (fe.extent_len, ctx));
+                    out.push((global(subvol, k.objectid), k.offset, fe));
                 }
             }
         }
@@ -257,30 +271,9 @@ impl State {
         let wanted: BTreeSet<u64> = bad.iter().map(|b| b.0).collect();
         let mut users: BTreeMap<u64, Vec<(u64, u64, FileExtent)>> = BTreeMap::new();
         if !wanted.is_empty() {
-            for subvol in self.subvol_ids()? {
-                // A subvolume whose tree cannot be read names no files (its fault is reported).
-                let items = match self.items_in(subvol_tree(subvol), Key::MIN, Key::MAX, usize::MAX)
-                {
-                    Ok(items) => items,
-                    Err(e) => {
-                        metadata_errors.push(format!("subvolume {subvol}: {e}"));
-                        continue;
-                    }
-                };
-                for (k, v) in items {
-                    if k.item_type != ty::FILE_EXTENT {
-                        continue;
-                    }
-                    let Ok(fe) = FileExtent::decode(&k, &v) else {
-                        continue;
-                    };
-                    if fe.kind == ExtentKind::Regular && wanted.contains(&fe.bytenr) {
-                        users.entry(fe.bytenr).or_default().push((
-                            global(subvol, k.objectid),
-                            k.offset,
-                            fe,
-                        ));
-                    }
+            for (obj, at, fe) in self.regular_file_extents(metadata_errors)? {
+                if wanted.contains(&fe.bytenr) {
+                    users.entry(fe.bytenr).or_default().push((obj, at, fe));
                 }
             }
         }
