@@ -322,6 +322,17 @@ fn an_older_version_of_a_block_put_back_is_detected() {
     assert_detected(&s.dev, s.a, "auth/a");
 }
 
+/// The errno of a reflink (copy_file_range) of `len` bytes of `src` into a new file of `dir`.
+fn reflink_errno(fs: &Filesystem, src: u64, dir: u64, len: u64) -> i32 {
+    let c = root();
+    let (dst, fh) = fs.create(dir, b"copy", 0o644, rw(), &c).unwrap();
+    let sh = fs.open(src, OpenFlags(libc::O_RDONLY), &c).unwrap();
+    let e = errno(fs.copy_file_range(src, sh, 0, dst.ino, fh, 0, len, &c));
+    fs.release(dst.ino, fh).unwrap();
+    fs.release(src, sh).unwrap();
+    e
+}
+
 #[test]
 fn authentication_is_part_of_the_modes() {
     let (_dev, fs) = new_fs();
@@ -338,22 +349,11 @@ fn authentication_is_part_of_the_modes() {
     let a = put(&fs, sub.ino, b"a", &body(1, 2 * UNIT), &c);
     let p = put(&fs, plain.ino, b"p", &body(2, 2 * UNIT), &c);
     assert_eq!(errno(fs.link(a, plain.ino, b"a", &c)), libc::EXDEV);
-    let (dst, fh) = fs.create(plain.ino, b"copy", 0o644, rw(), &c).unwrap();
-    let sh = fs.open(a, OpenFlags(libc::O_RDONLY), &c).unwrap();
     assert_eq!(
-        errno(fs.copy_file_range(a, sh, 0, dst.ino, fh, 0, 2 * UNIT as u64, &c)),
+        reflink_errno(&fs, a, plain.ino, 2 * UNIT as u64),
         libc::EXDEV
     );
-    fs.release(dst.ino, fh).unwrap();
-    fs.release(a, sh).unwrap();
-    let (dst2, fh2) = fs.create(sub.ino, b"copy", 0o644, rw(), &c).unwrap();
-    let sp = fs.open(p, OpenFlags(libc::O_RDONLY), &c).unwrap();
-    assert_eq!(
-        errno(fs.copy_file_range(p, sp, 0, dst2.ino, fh2, 0, 2 * UNIT as u64, &c)),
-        libc::EXDEV
-    );
-    fs.release(dst2.ino, fh2).unwrap();
-    fs.release(p, sp).unwrap();
+    assert_eq!(reflink_errno(&fs, p, sub.ino, 2 * UNIT as u64), libc::EXDEV);
     // Data units smaller than a block cannot be authenticated.
     let small = fs.mkdir(ROOT_INO, b"small", 0o755, &c).unwrap();
     let sub_block = PolicyV2::new(

@@ -183,30 +183,16 @@ impl<'a> DataIo<'a> {
         let physical = self.locate(extent, offset_in_extent, len, crypt)?;
         let mut buf = vec![0u8; len];
         self.dev.read_at(&mut buf, physical)?;
-        let sums = match expected {
-            Some(e) if e.len() == len / self.sector_size => e,
-            Some(e) => {
-                return Err(Error::InvalidRequest(format!(
-                    "{} checksums given for {} sectors",
-                    e.len(),
-                    len / self.sector_size
-                )));
-            }
-            None => &[],
-        };
-        let tags = match crypt {
-            Some(crypt) => required_tags(&buf, crypt, tags)?,
-            None => &[],
-        };
         // Checked (checksums, then tags) before anything is decrypted. In one piece: reads are
         // done outside the filesystem lock, so concurrent requests already keep both cores busy
         // and splitting them measured slower; a flush of written data, done under the lock,
         // is what gains from two threads.
-        if !sums.is_empty() {
-            self.verify(extent, offset_in_extent, &buf, sums)?;
+        if let Some(expected) = expected {
+            self.verify(extent, offset_in_extent, &buf, expected)?;
         }
         if let Some(crypt) = crypt {
             let first = first_unit(offset_in_extent, crypt);
+            let tags = required_tags(&buf, crypt, tags)?;
             if !tags.is_empty() {
                 let unit = crypt.data_unit_size() as u64;
                 crypt
