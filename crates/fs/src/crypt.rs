@@ -168,12 +168,43 @@ impl State {
         Ok(())
     }
 
-    /// Called when the last handle of `obj` goes: buffered data is written (it needs the key)
-    /// before the pin is dropped.
+    /// Called when the last handle of `obj` goes. Buffered data usually stays (with the pin)
+    /// for the next commit; but a key being removed waits for this file, so its data is
+    /// written now and the close completes the removal, as Linux's eviction of the inode does.
     pub(crate) fn unpin_after_close(&mut self, obj: u64) -> Result<()> {
-        if self.crypt.contains_key(&obj) {
+        if self
+            .crypt
+            .get(&obj)
+            .is_some_and(|c| c.key().is_being_removed())
+        {
             self.flush_data(obj)?;
+        }
+        self.release_idle_pin(obj);
+        Ok(())
+    }
+
+    /// Drops the pin of `obj` once nothing needs it: no handle is open and no buffered data
+    /// waits for the key. A closed file with buffered data keeps its pin until its flush (the
+    /// next commit, or a key removal, which flushes first), so closing does not cost a write of
+    /// its own, as closing a plaintext file does not.
+    pub(crate) fn release_idle_pin(&mut self, obj: u64) {
+        if !self.opens.contains_key(&obj) && !self.dirty.contains_key(&obj) {
             self.crypt.remove(&obj);
+        }
+    }
+
+    /// Writes the buffered data of every closed file still pinned for it, which drops those
+    /// pins: what Linux's key removal gets by syncing the filesystem before it counts the
+    /// files in use.
+    pub(crate) fn flush_closed_pinned(&mut self) -> Result<()> {
+        let idle: Vec<u64> = self
+            .crypt
+            .keys()
+            .copied()
+            .filter(|obj| !self.opens.contains_key(obj))
+            .collect();
+        for obj in idle {
+            self.flush_data(obj)?;
         }
         Ok(())
     }

@@ -663,8 +663,15 @@ impl State {
         Ok(())
     }
 
-    /// Writes the buffered blocks of `obj` as new extents.
+    /// Writes the buffered blocks of `obj` as new extents; a closed file's key pin goes with
+    /// its last buffered block.
     pub(crate) fn flush_data(&mut self, obj: u64) -> Result<()> {
+        let r = self.write_buffered(obj);
+        self.release_idle_pin(obj);
+        r
+    }
+
+    fn write_buffered(&mut self, obj: u64) -> Result<()> {
         if !self.dirty.contains_key(&obj) {
             return Ok(());
         }

@@ -746,6 +746,10 @@ impl Filesystem {
         all_users: bool,
         c: &Caller,
     ) -> Result<KeyRemoval> {
+        // Closed files' buffered data is written first, so only open files keep the key busy.
+        // A filesystem that cannot write any more keeps those pins, and the removal reports the
+        // files busy rather than failing.
+        let _ = self.op(|s| s.flush_closed_pinned());
         crate::keys::remove_key(&self.keyring, id, all_users, c)
     }
 

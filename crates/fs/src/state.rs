@@ -101,7 +101,8 @@ pub(crate) struct State {
     pub drops_pending: bool,
     /// The filesystem's master keys (shared with [`crate::Filesystem`]).
     pub keyring: Arc<fscrypt::keyring::Keyring>,
-    /// Open encrypted inodes and the key pin each holds while open.
+    /// Encrypted inodes that are open, or closed with buffered data, and the key pin each
+    /// holds until then.
     pub crypt: HashMap<u64, fscrypt::common::CryptCommon>,
 }
 
@@ -457,6 +458,7 @@ impl State {
         if let Some(blocks) = self.dirty.remove(&obj) {
             self.dirty_bytes -= blocks.len() as u64 * BLOCK;
         }
+        self.release_idle_pin(obj);
         let items = self.items(Key::new(obj, 0, 0), Key::new(obj, u8::MAX, u64::MAX))?;
         for (k, v) in items {
             if k.item_type == ty::FILE_EXTENT {

@@ -289,6 +289,7 @@ impl State {
             if let Some(blocks) = self.dirty.remove(&o) {
                 self.dirty_bytes -= blocks.len() as u64 * crate::state::BLOCK;
             }
+            self.release_idle_pin(o);
         }
         self.remove_entry(parent, name)?;
         self.adjust_nlink(parent, -1)?;

@@ -464,3 +464,49 @@ fn names_are_encrypted_and_reachable_by_no_key_names() {
     );
     assert_clean(&fs);
 }
+
+#[test]
+fn a_closed_file_keeps_its_buffered_data_and_pin_until_a_flush_or_key_removal() {
+    let (dev, fs) = new_fs();
+    let c = root();
+    let id = fs.add_key(&KEY, &c).unwrap();
+    let d = fs.mkdir(ROOT_INO, b"secret", 0o755, &c).unwrap();
+    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    let body = marked(10_000);
+    // Closing does not write: the data waits for the next commit, with the key pinned for it.
+    let f = put(&fs, d.ino, b"small", &body, &c);
+    assert_eq!(fs.keyring_stats().pins, 1, "{:?}", fs.keyring_stats());
+    assert_eq!(read_all(&fs, f, &c).unwrap(), body);
+    fs.sync().unwrap();
+    assert_eq!(fs.keyring_stats().pins, 0, "the flush drops the pin");
+    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"));
+    // Key removal writes closed files' data first, so they do not keep the key busy.
+    let g = put(&fs, d.ino, b"other", &body, &c);
+    assert_eq!(fs.keyring_stats().pins, 1);
+    let r = fs.remove_key(&id, false, &c).unwrap();
+    assert!(!r.files_busy && !r.other_users, "{r:?}");
+    assert_eq!(fs.key_status(&id, &c).state, KeyPresence::Absent);
+    let stats = fs.keyring_stats();
+    assert_eq!(
+        (stats.keys, stats.pins, stats.derived_live),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"));
+    // A file closed while its key is being removed is written at that close, which ends the
+    // removal.
+    fs.add_key(&KEY, &c).unwrap();
+    let h = fs.open(g, rw(), &c).unwrap();
+    let r = fs.remove_key(&id, false, &c).unwrap();
+    assert!(r.files_busy, "{r:?}");
+    fs.write(g, h, 0, b"MARKER-cowcrypt-plaintext-", &c)
+        .unwrap();
+    fs.release(g, h).unwrap();
+    assert_eq!(fs.key_status(&id, &c).state, KeyPresence::Absent);
+    assert_eq!(fs.keyring_stats().pins, 0);
+    fs.add_key(&KEY, &c).unwrap();
+    assert_eq!(read_all(&fs, f, &c).unwrap(), body);
+    assert_eq!(read_all(&fs, g, &c).unwrap(), body);
+    fs.unmount().unwrap();
+    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"));
+}

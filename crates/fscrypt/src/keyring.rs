@@ -350,6 +350,16 @@ impl UnlockedKey {
         self.identifier
     }
 
+    /// Whether removal of this key has started (INCOMPLETELY_REMOVED): its last pins are
+    /// what it waits for.
+    pub fn is_being_removed(&self) -> bool {
+        self.shared
+            .lock()
+            .keys
+            .get(&self.identifier)
+            .is_none_or(|entry| entry.generation != self.generation || entry.claims.is_empty())
+    }
+
     /// The master key, for deriving subkeys. Works while pinned, even once removal has started
     /// (INCOMPLETELY_REMOVED): open files keep deriving keys for the new extents they write.
     pub fn master_key(&self) -> &MasterKey {
@@ -932,8 +942,10 @@ mod tests {
         let other = pin.clone();
         assert_eq!(ring.stats().pins, 2);
         assert_eq!(other.identifier(), id);
+        assert!(!pin.is_being_removed());
         ring.remove_key(&id, user(1), RemovalScope::OwnClaim)
             .unwrap();
+        assert!(pin.is_being_removed() && other.is_being_removed());
         drop(pin);
         assert_eq!(
             ring.key_status(&id, user(1)).state,
@@ -944,6 +956,14 @@ mod tests {
         drop(other);
         assert_eq!(ring.key_status(&id, user(1)).state, KeyState::Absent);
         assert_eq!(ring.stats().secrets_present, 0);
+        // Re-adding a key being removed restores it for the pins it kept.
+        let id = ring.add_key(master(3), user(1)).unwrap();
+        let kept = ring.unlock(&id).unwrap();
+        ring.remove_key(&id, user(1), RemovalScope::OwnClaim)
+            .unwrap();
+        assert!(kept.is_being_removed());
+        ring.add_key(master(3), user(1)).unwrap();
+        assert!(!kept.is_being_removed());
     }
 
     #[test]
