@@ -6,8 +6,10 @@
 #               [--runtime 20] [--files 10000] [--repeat 3]
 #               [--out FILE]
 #
-# --fs picks and orders the columns (default cowcrypt,gocryptfs,ext4). Each filesystem gets, in
-# this order:
+# --fs picks and orders the columns (default cowcrypt,gocryptfs,ext4). Every filesystem is
+# mounted at the start; each test then runs --repeat rounds, a round visiting every filesystem
+# in turn, and keeps the median per filesystem (interleaving spreads the host's drift over all
+# columns alike). The tests, in this order:
 #   seq-write-nosync  fio, 1 MiB writes of a --size file, no fsync (then deleted)
 #   seq-write   fio, 1 MiB writes of a --size file, fsync at the end
 #   seq-read    fio, 1 MiB reads of that file after dropping every cache (cold)
@@ -153,56 +155,44 @@ setup_fs() {
     esac
 }
 
-declare -A R=()
-bench_fs() {
-    local fs=$1 dir=$WORK/$1.mnt t0 t1
-    # The sequential rows carry the goals: each is measured $REPEAT times and the median kept,
-    # since one run on this shared disk moves by tens of percent.
-    local i vals
-    vals=()
-    for ((i = 1; i <= REPEAT; i++)); do
-        log "$fs: sequential write ($SIZE), no fsync ($i/$REPEAT)"
-        run_fio "$fs-seq-write-nosync-$i" "$dir/seq0" --rw=write --bs=1M --size="$SIZE"
-        vals+=("$(fio_value "$fs-seq-write-nosync-$i" write bw)")
-        rm -f "$dir/seq0"
-        drop_caches
-    done
-    R[$fs,seq-write-nosync]=$(median "${vals[@]}")
-    vals=()
-    for ((i = 1; i <= REPEAT; i++)); do
-        log "$fs: sequential write ($SIZE), fsync at the end ($i/$REPEAT)"
-        rm -f "$dir/seq"
-        drop_caches
-        run_fio "$fs-seq-write-$i" "$dir/seq" --rw=write --bs=1M --size="$SIZE" --end_fsync=1
-        vals+=("$(fio_value "$fs-seq-write-$i" write bw)")
-    done
-    R[$fs,seq-write]=$(median "${vals[@]}")
-    drop_caches
-    vals=()
-    for ((i = 1; i <= REPEAT; i++)); do
-        log "$fs: sequential read, cold ($i/$REPEAT)"
-        run_fio "$fs-seq-read-$i" "$dir/seq" --rw=read --bs=1M --size="$SIZE"
-        vals+=("$(fio_value "$fs-seq-read-$i" read bw)")
-        drop_caches
-    done
-    R[$fs,seq-read]=$(median "${vals[@]}")
-    # The raw image file's bandwidth is an anchor for the sequential rows only.
-    if [ "$fs" = raw ]; then
-        rm -f "$dir/seq"
-        return 0
-    fi
-    log "$fs: random 4 KiB reads (${RUNTIME}s)"
-    run_fio "$fs-rand-read" "$dir/seq" --rw=randread --bs=4k --size="$SIZE" \
-        --runtime="$RUNTIME" --time_based --randrepeat=1
-    R[$fs,rand-read]=$(fio_value "$fs-rand-read" read iops)
-    log "$fs: random 4 KiB writes (${RUNTIME}s)"
-    run_fio "$fs-rand-write" "$dir/seq" --rw=randwrite --bs=4k --size="$SIZE" \
-        --runtime="$RUNTIME" --time_based --end_fsync=1 --randrepeat=1
-    R[$fs,rand-write]=$(fio_value "$fs-rand-write" write iops)
-    drop_caches
-    log "$fs: creating $NFILES files of 4 KiB"
-    t0=$(date +%s.%N)
-    python3 - "$dir/small" "$NFILES" <<'PY'
+# One measurement of test $1 on filesystem $2 in round $3, left in M (MiB/s, IOPS or files/s;
+# not printed, so fio runs in this shell and the traps can stop it).
+# The sequential-write rows leave $dir/seq behind for the read rows.
+measure() {
+    local t=$1 fs=$2 i=$3 dir=$WORK/$2.mnt t0 t1
+    case $t in
+        seq-write-nosync)
+            run_fio "$fs-$t-$i" "$dir/seq0" --rw=write --bs=1M --size="$SIZE"
+            M=$(fio_value "$fs-$t-$i" write bw)
+            rm -f "$dir/seq0"
+            drop_caches
+            ;;
+        seq-write)
+            rm -f "$dir/seq"
+            drop_caches
+            run_fio "$fs-$t-$i" "$dir/seq" --rw=write --bs=1M --size="$SIZE" --end_fsync=1
+            M=$(fio_value "$fs-$t-$i" write bw)
+            ;;
+        seq-read)
+            drop_caches
+            run_fio "$fs-$t-$i" "$dir/seq" --rw=read --bs=1M --size="$SIZE"
+            M=$(fio_value "$fs-$t-$i" read bw)
+            ;;
+        rand-read)
+            drop_caches
+            run_fio "$fs-$t-$i" "$dir/seq" --rw=randread --bs=4k --size="$SIZE" \
+                --runtime="$RUNTIME" --time_based --randrepeat=1
+            M=$(fio_value "$fs-$t-$i" read iops)
+            ;;
+        rand-write)
+            run_fio "$fs-$t-$i" "$dir/seq" --rw=randwrite --bs=4k --size="$SIZE" \
+                --runtime="$RUNTIME" --time_based --end_fsync=1 --randrepeat=1
+            M=$(fio_value "$fs-$t-$i" write iops)
+            ;;
+        create)
+            drop_caches
+            t0=$(date +%s.%N)
+            python3 - "$dir/small$i" "$NFILES" <<'PY'
 import os, sys
 d, n = sys.argv[1], int(sys.argv[2])
 os.mkdir(d)
@@ -212,25 +202,41 @@ for i in range(n):
     os.write(fd, buf)
     os.close(fd)
 PY
-    sync
-    t1=$(date +%s.%N)
-    R[$fs,create]=$(python3 -c "print(f'{$NFILES / ($t1 - $t0):.0f}')")
+            sync
+            t1=$(date +%s.%N)
+            M=$(python3 -c "print(f'{$NFILES / ($t1 - $t0):.0f}')")
+            ;;
+    esac
 }
 
-for fs in "${FSES[@]}"; do
-    setup_fs "$fs"
-    bench_fs "$fs"
-    case $fs in
-        cowcrypt-enc) umount_one "$WORK/cowcrypt-enc.root" ;;
-        ext4-fscrypt)
-            remove_fscrypt_key
-            umount_one "$WORK/ext4-fscrypt.root"
-            ;;
-        raw) rm -rf "$WORK/raw.mnt" ;;
-        *) umount_one "$WORK/$fs.mnt" ;;
-    esac
-    if [ "$fs" = gocryptfs ]; then umount_one "$WORK/gocryptfs-backing"; fi
+declare -A R=()
+declare -A DESC=([seq-write-nosync]="sequential write ($SIZE), no fsync"
+    [seq-write]="sequential write ($SIZE), fsync at the end" [seq-read]="sequential read, cold"
+    [rand-read]="random 4 KiB reads (${RUNTIME}s)"
+    [rand-write]="random 4 KiB writes (${RUNTIME}s), fsync at the end"
+    [create]="creating $NFILES files of 4 KiB, then sync")
+for fs in "${FSES[@]}"; do setup_fs "$fs"; done
+# Rounds interleave the filesystems (round 1 of every filesystem, then round 2...), so a change
+# in the shared host's disk or load during the run falls on all columns alike; each value is
+# the median of its $REPEAT rounds.
+for t in seq-write-nosync seq-write seq-read rand-read rand-write create; do
+    declare -A VALS=()
+    for ((i = 1; i <= REPEAT; i++)); do
+        for fs in "${FSES[@]}"; do
+            # The raw image file's bandwidth is an anchor for the sequential rows only.
+            if [ "$fs" = raw ] && [[ $t != seq-* ]]; then continue; fi
+            log "$fs: ${DESC[$t]} ($i/$REPEAT)"
+            measure "$t" "$fs" "$i"
+            VALS[$fs]+=" $M"
+        done
+    done
+    for fs in "${!VALS[@]}"; do
+        # shellcheck disable=SC2086 # the values are words
+        R[$fs,$t]=$(median ${VALS[$fs]})
+    done
+    unset VALS
 done
+remove_fscrypt_key
 
 # The table: values per filesystem ("-" where a row does not apply, as raw's non-sequential
 # rows), then the ratios where both sides ran.
@@ -308,7 +314,7 @@ PY
         done
     fi
     echo
-    echo "size $SIZE, sequential rows the median of $REPEAT runs, random-I/O runtime ${RUNTIME}s, $NFILES files; $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; kernel $(uname -r)"
+    echo "size $SIZE, every value the median of $REPEAT rounds interleaved across the filesystems, random-I/O runtime ${RUNTIME}s, $NFILES files; $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; kernel $(uname -r)"
     if has raw; then
         echo
         echo "raw: a plain $SIZE file in the scratch directory (the host filesystem and disk under cowcrypt's image), sequential rows only."
