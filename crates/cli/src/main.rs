@@ -238,7 +238,7 @@ struct MountArgs {
     #[arg(short, long)]
     foreground: bool,
     /// Comma-separated options (may be repeated): ro, rw, allow_other, log=PATH, threads=N,
-    /// fsname=NAME, and the kernel flags dev, nodev, suid, nosuid, exec, noexec, atime,
+    /// readahead=KIB (default 8192; set when mounting as root), fsname=NAME, and the kernel flags dev, nodev, suid, nosuid, exec, noexec, atime,
     /// noatime, sync, async, dirsync.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,

@@ -968,3 +968,27 @@ fn a_killed_daemon_leaves_the_last_commit() {
     m2.unmount_with(&["umount"]);
     drop(m);
 }
+
+#[test]
+fn the_readahead_window_is_set_on_the_mount() {
+    if !can_mount(&[]) {
+        return;
+    }
+    let window = |dir: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let dev = fs::metadata(dir).unwrap().dev();
+        let path = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        fs::read_to_string(&path).unwrap().trim().to_owned()
+    };
+    let s = scratch("64M");
+    let m = mount(&s, &[]);
+    assert_eq!(window(&s.dir), "8192", "the default");
+    m.unmount_with(&["umount"]);
+    let m = mount(&s, &["readahead=512"]);
+    assert_eq!(window(&s.dir), "512");
+    m.unmount_with(&["umount"]);
+}

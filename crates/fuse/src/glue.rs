@@ -75,6 +75,9 @@ impl Session {
             notifier: Arc::clone(&notifier),
         };
         let inner = fuser::Session::new(adapter, dir, &config)?;
+        if let Err(e) = crate::readahead::set(dir, opts.readahead_kib) {
+            tracing::info!("readahead left at the kernel's default: {e}");
+        }
         // Nothing is served before run(): the adapter cannot need the notifier before this.
         let _ = notifier.set(inner.notifier());
         Ok(Session { inner })

@@ -19,6 +19,7 @@
 mod caller;
 mod glue;
 mod options;
+mod readahead;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
