@@ -453,12 +453,18 @@ impl State {
         Ok((obj, it))
     }
 
-    /// Removes an inode and everything it owns: items, data references, buffered data.
-    pub fn evict(&mut self, obj: u64) -> Result<()> {
+    /// Drops the buffered data of `obj` unwritten (its inode is going), and with it the key
+    /// pin the data held.
+    pub(crate) fn discard_buffered(&mut self, obj: u64) {
         if let Some(blocks) = self.dirty.remove(&obj) {
             self.dirty_bytes -= blocks.len() as u64 * BLOCK;
         }
         self.release_idle_pin(obj);
+    }
+
+    /// Removes an inode and everything it owns: items, data references, buffered data.
+    pub fn evict(&mut self, obj: u64) -> Result<()> {
+        self.discard_buffered(obj);
         let items = self.items(Key::new(obj, 0, 0), Key::new(obj, u8::MAX, u64::MAX))?;
         for (k, v) in items {
             if k.item_type == ty::FILE_EXTENT {

@@ -286,10 +286,7 @@ impl State {
             .filter(|o| subvol_of(*o) == subvol)
             .collect();
         for o in gone {
-            if let Some(blocks) = self.dirty.remove(&o) {
-                self.dirty_bytes -= blocks.len() as u64 * crate::state::BLOCK;
-            }
-            self.release_idle_pin(o);
+            self.discard_buffered(o);
         }
         self.remove_entry(parent, name)?;
         self.adjust_nlink(parent, -1)?;
