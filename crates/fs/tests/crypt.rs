@@ -30,6 +30,14 @@ fn policy(id: &KeyIdentifier) -> Vec<u8> {
     .to_vec()
 }
 
+/// `KEY` added and a new directory `name` under the root encrypted with it.
+fn encrypted_dir(fs: &Filesystem, name: &[u8], c: &Caller) -> (KeyIdentifier, cowfs::Attr) {
+    let id = fs.add_key(&KEY, c).unwrap();
+    let d = fs.mkdir(ROOT_INO, name, 0o755, c).unwrap();
+    fs.set_policy(d.ino, &policy(&id), c).unwrap();
+    (id, d)
+}
+
 /// A marker that must never reach the device in clear.
 fn marked(len: usize) -> Vec<u8> {
     let m = b"MARKER-cowcrypt-plaintext-";
@@ -313,9 +321,7 @@ fn a_hundred_thousand_extents_never_repeat_a_nonce() {
     let dev = new_dev(1024 * MIB);
     let fs = Filesystem::open_device(dev, &opts()).unwrap();
     let c = root();
-    let id = fs.add_key(&KEY, &c).unwrap();
-    let d = fs.mkdir(ROOT_INO, b"d", 0o755, &c).unwrap();
-    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    let (_, d) = encrypted_dir(&fs, b"d", &c);
     let (f, h) = fs.create(d.ino, b"f", 0o644, rw(), &c).unwrap();
     // Every other block: each written block becomes an extent of its own.
     let block = vec![0x11u8; 4096];
@@ -343,9 +349,7 @@ fn a_hundred_thousand_extents_never_repeat_a_nonce() {
 fn symlink_targets_are_encrypted() {
     let (dev, fs) = new_fs();
     let c = root();
-    let id = fs.add_key(&KEY, &c).unwrap();
-    let d = fs.mkdir(ROOT_INO, b"d", 0o755, &c).unwrap();
-    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    let (id, d) = encrypted_dir(&fs, b"d", &c);
     let target = b"../LINK-TARGET-MARKER/somewhere/deep";
     let l = fs.symlink(d.ino, b"link", target, &c).unwrap();
     assert_eq!(fs.readlink(l.ino).unwrap(), target);
@@ -378,9 +382,7 @@ fn symlink_targets_are_encrypted() {
 fn names_are_encrypted_and_reachable_by_no_key_names() {
     let (dev, fs) = new_fs();
     let c = root();
-    let id = fs.add_key(&KEY, &c).unwrap();
-    let d = fs.mkdir(ROOT_INO, b"d", 0o755, &c).unwrap();
-    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    let (id, d) = encrypted_dir(&fs, b"d", &c);
     let long: Vec<u8> = b"NAME-MARKER-".iter().cycle().take(200).copied().collect();
     put(&fs, d.ino, b"NAME-MARKER-short", b"one", &c);
     put(&fs, d.ino, &long, b"two", &c);
@@ -469,9 +471,7 @@ fn names_are_encrypted_and_reachable_by_no_key_names() {
 fn a_closed_file_keeps_its_buffered_data_and_pin_until_a_flush_or_key_removal() {
     let (dev, fs) = new_fs();
     let c = root();
-    let id = fs.add_key(&KEY, &c).unwrap();
-    let d = fs.mkdir(ROOT_INO, b"secret", 0o755, &c).unwrap();
-    fs.set_policy(d.ino, &policy(&id), &c).unwrap();
+    let (id, d) = encrypted_dir(&fs, b"secret", &c);
     let body = marked(10_000);
     // Closing does not write: the data waits for the next commit, with the key pinned for it.
     let f = put(&fs, d.ino, b"small", &body, &c);
