@@ -139,6 +139,101 @@ pub(crate) fn context_is_authenticated(context: &[u8]) -> bool {
     fscrypt::extent::ExtentContext::decode(context).is_ok_and(|c| c.authenticated())
 }
 
+/// A flushed run of dirty blocks with the extent allocated for it, before its bytes are written.
+struct NewExtent {
+    /// File offset of the run.
+    start: u64,
+    bytenr: u64,
+    blocks: Vec<Box<[u8]>>,
+}
+
+/// A new extent as written: what the file's item and the checksum tree need.
+struct WrittenExtent {
+    start: u64,
+    bytenr: u64,
+    len: u64,
+    /// The extent's crypt state, in an encrypted file.
+    crypt: Option<fscrypt::extent::ExtentCryptInfo>,
+    sums: store::Written,
+}
+
+/// Flushes below this many bytes are written on one thread: a second one costs more than it
+/// saves.
+const PARALLEL_FLUSH_MIN: u64 = 256 * 1024;
+
+/// Writes the new extents of a flush: each encrypted extent gets a fresh nonce and its own key,
+/// then its bytes are encrypted in place, checksummed (and MACed) and written. This is most of
+/// a flush of many small extents (random writes: a key setup and a device write each), and it
+/// touches no tree, so the extents are split by bytes into two halves done on two threads; a
+/// single large extent is split inside the data path instead.
+fn write_new_extents(
+    io: &store::DataIo<'_>,
+    common: Option<&fscrypt::common::CryptCommon>,
+    extents: Vec<NewExtent>,
+) -> Result<Vec<WrittenExtent>> {
+    let write_all = |extents: Vec<NewExtent>| -> Result<Vec<WrittenExtent>> {
+        extents
+            .into_iter()
+            .map(|e| {
+                let crypt = common
+                    .map(|c| {
+                        fscrypt::extent::ExtentCryptInfo::new_extent(c, crate::crypt::BLOCK_BITS)
+                    })
+                    .transpose()
+                    .map_err(crate::crypt::crypt_error)?;
+                let buf = e.blocks.concat();
+                let len = buf.len() as u64;
+                let cipher = crypt.as_ref().map(crate::crypt::ExtentCipher);
+                let sums = io.write_owned(
+                    e.bytenr,
+                    0,
+                    buf,
+                    cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
+                )?;
+                Ok(WrittenExtent {
+                    start: e.start,
+                    bytenr: e.bytenr,
+                    len,
+                    crypt,
+                    sums,
+                })
+            })
+            .collect()
+    };
+    let bytes = |e: &NewExtent| e.blocks.len() as u64 * BLOCK;
+    let total: u64 = extents.iter().map(bytes).sum();
+    if extents.len() < 2 || total < PARALLEL_FLUSH_MIN || cpus() < 2 {
+        return write_all(extents);
+    }
+    // The first half by bytes stays here, the rest goes to a second thread.
+    let mut first = extents;
+    let mut acc = 0;
+    let cut = first
+        .iter()
+        .position(|e| {
+            acc += bytes(e);
+            acc >= total / 2
+        })
+        .map_or(first.len(), |i| i + 1)
+        .min(first.len() - 1);
+    let second = first.split_off(cut);
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| write_all(second));
+        let mut done = write_all(first)?;
+        let rest = worker
+            .join()
+            .unwrap_or_else(|_| Err(Error::Invalid("flush worker failed")))?;
+        done.extend(rest);
+        Ok(done)
+    })
+}
+
+/// The CPUs this process may use (looked up once).
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 impl State {
     // --- References and checksums -------------------------------------------------------------
 
@@ -236,25 +331,6 @@ impl State {
     /// Writes a new extent's bytes and records their checksums.
     pub(crate) fn write_extent(&mut self, bytenr: u64, buf: &[u8]) -> Result<()> {
         let written = self.txn()?.data_io()?.write(bytenr, 0, buf, None)?;
-        self.record_sums(bytenr, written)
-    }
-
-    /// [`State::write_extent`] of a buffer given up to it, encrypting through the store's data
-    /// path under `crypt` (in place); the checksums cover the ciphertext, so scrub and
-    /// relocation need no key.
-    pub(crate) fn write_extent_crypt(
-        &mut self,
-        bytenr: u64,
-        buf: Vec<u8>,
-        crypt: Option<&fscrypt::extent::ExtentCryptInfo>,
-    ) -> Result<()> {
-        let cipher = crypt.map(crate::crypt::ExtentCipher);
-        let written = self.txn()?.data_io()?.write_owned(
-            bytenr,
-            0,
-            buf,
-            cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
-        )?;
         self.record_sums(bytenr, written)
     }
 
@@ -701,9 +777,9 @@ impl State {
                 _ => runs.push((blk, vec![data])),
             }
         }
-        let mut it = self.inode(obj)?;
-        // Largest runs first; a run whose extent does not fit a free range is split in two.
+        // 1. Every run's extent is allocated (tree work, in file order).
         runs.reverse();
+        let mut new_extents = Vec::with_capacity(runs.len());
         while let Some((first, run)) = runs.pop() {
             let start = first * BLOCK;
             let len = run.len() as u64 * BLOCK;
@@ -712,6 +788,7 @@ impl State {
                 inode: local(obj),
                 offset: start,
             };
+            // A run whose extent does not fit a free range is split in two.
             let bytenr = match self.txn()?.alloc_data_extent(len, o) {
                 Ok(b) => b,
                 Err(store::Error::NoSpace { kind: "data", .. }) if run.len() > 1 => {
@@ -724,16 +801,25 @@ impl State {
                 Err(e) => return Err(e.into()),
             };
             self.changes += 1;
-            let buf: Vec<u8> = run.concat();
-            // Every encrypted extent: a fresh nonce, its own key.
-            let crypt = match &common {
-                Some(c) => Some(
-                    fscrypt::extent::ExtentCryptInfo::new_extent(c, crate::crypt::BLOCK_BITS)
-                        .map_err(crate::crypt::crypt_error)?,
-                ),
-                None => None,
-            };
-            self.write_extent_crypt(bytenr, buf, crypt.as_ref())?;
+            new_extents.push(NewExtent {
+                start,
+                bytenr,
+                blocks: run,
+            });
+        }
+        // 2. Their bytes are encrypted, checksummed and written, on every CPU.
+        let written = write_new_extents(&self.txn()?.data_io()?, common.as_ref(), new_extents)?;
+        // 3. The file maps them.
+        let mut it = self.inode(obj)?;
+        for WrittenExtent {
+            start,
+            bytenr,
+            len,
+            crypt,
+            sums,
+        } in written
+        {
+            self.record_sums(bytenr, sums)?;
             let removed = self.unmap(obj, start, start + len)?;
             let fe = FileExtent {
                 kind: ExtentKind::Regular,
