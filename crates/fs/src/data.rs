@@ -181,13 +181,14 @@ fn write_new_extents(
                     })
                     .transpose()
                     .map_err(crate::crypt::crypt_error)?;
-                let buf = e.blocks.concat();
-                let len = buf.len() as u64;
+                let mut blocks = e.blocks;
+                let len = blocks.len() as u64 * BLOCK;
                 let cipher = crypt.as_ref().map(crate::crypt::ExtentCipher);
-                let sums = io.write_owned(
+                // The dirty blocks are encrypted where they are and written in one vectored
+                // write, never copied into one buffer.
+                let sums = io.write_pieces(
                     e.bytenr,
-                    0,
-                    buf,
+                    &mut blocks,
                     cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
                 )?;
                 Ok(WrittenExtent {
@@ -653,6 +654,19 @@ impl State {
             .ok_or(Error::Invalid("dirty block vanished"))
     }
 
+    /// Buffers a whole block of new data, copied straight from the request (a new block is not
+    /// zero-filled first: large writes are mostly whole blocks).
+    fn put_whole_block(&mut self, obj: u64, blk: u64, bytes: &[u8]) {
+        use std::collections::btree_map::Entry;
+        match self.dirty.entry(obj).or_default().entry(blk) {
+            Entry::Occupied(mut e) => e.get_mut().copy_from_slice(bytes),
+            Entry::Vacant(e) => {
+                e.insert(Box::from(bytes));
+                self.dirty_bytes += BLOCK;
+            }
+        }
+    }
+
     /// Zeroes bytes `[from, to)` of block `blk` if it holds data.
     fn zero_in_block(&mut self, obj: u64, blk: u64, from: usize, to: usize) -> Result<()> {
         if from < to && self.block_has_data(obj, blk)? {
@@ -728,8 +742,16 @@ impl State {
             let a = offset.max(bs);
             let b = end.min(bs + BLOCK);
             let whole = a == bs && b == bs + BLOCK;
+            if whole {
+                self.put_whole_block(
+                    obj,
+                    blk,
+                    &data[(a - offset) as usize..(b - offset) as usize],
+                );
+                continue;
+            }
             let beyond_eof = bs >= it.size.next_multiple_of(BLOCK);
-            let block = self.dirty_block(obj, blk, whole || beyond_eof)?;
+            let block = self.dirty_block(obj, blk, beyond_eof)?;
             block[(a - bs) as usize..(b - bs) as usize]
                 .copy_from_slice(&data[(a - offset) as usize..(b - offset) as usize]);
         }
