@@ -16,9 +16,9 @@ use fscrypt::common::CryptCommon;
 use fscrypt::extent::ExtentCryptInfo;
 use fscrypt::hkdf::{CONTEXT_PER_EXTENT_ENC_KEY, HkdfKey};
 use fscrypt::keyring::{Caller, Keyring};
-use fscrypt::{ContentsMode, FilenamesMode, MasterKey, PolicyV2};
 use fscrypt::secret::Secret;
 use fscrypt::xts::Aes256Xts;
+use fscrypt::{ContentsMode, FilenamesMode, MasterKey, PolicyV2};
 
 const UNIT: usize = 4096;
 
@@ -444,14 +444,8 @@ fn main() {
     let id = ring
         .add_key(MasterKey::from_raw(&[0x42u8; 64]).expect("key"), admin)
         .expect("add key");
-    let policy = PolicyV2::new(
-        ContentsMode::Aes256Xts,
-        FilenamesMode::Aes256Cts,
-        3,
-        0,
-        id,
-    )
-    .expect("policy");
+    let policy =
+        PolicyV2::new(ContentsMode::Aes256Xts, FilenamesMode::Aes256Cts, 3, 0, id).expect("policy");
     let common = CryptCommon::new(policy, ring.unlock(&id).expect("unlock")).expect("common");
     let new_extent = best_rate(rounds, round, || {
         let info = ExtentCryptInfo::new_extent(&common, 12).expect("new extent");
