@@ -201,6 +201,11 @@ impl ExtentAuthenticator {
     /// The MAC key of `context`'s extent under the unlocked master key it names (cached in
     /// the keyring like every derived key, and wiped with it).
     pub fn load(key: &UnlockedKey, context: &ExtentContext) -> Result<Arc<Self>> {
+        Self::set_up(key, context, false)
+    }
+
+    /// `fresh`: the context's nonce was just made, so the cache lookup is skipped.
+    fn set_up(key: &UnlockedKey, context: &ExtentContext, fresh: bool) -> Result<Arc<Self>> {
         if !context.authenticated {
             return Err(Error::invalid(
                 "extent context",
@@ -215,10 +220,15 @@ impl ExtentAuthenticator {
             info: context.nonce.to_vec(),
         };
         let nonce = context.nonce;
-        key.derived(&slot, |mk| {
+        let derive = |mk: &_| {
             let mac_key = keysetup::extent_mac_key(mk, &nonce)?;
             Self::with_key(nonce, &mac_key)
-        })
+        };
+        if fresh {
+            key.derived_fresh(&slot, derive)
+        } else {
+            key.derived(&slot, derive)
+        }
     }
 
     #[cfg(feature = "aws-lc")]
@@ -345,7 +355,8 @@ impl ExtentCryptInfo {
     /// The crypt state of a new extent: a fresh nonce, its own derived key.
     pub fn new_extent(common: &CryptCommon, block_size_bits: u8) -> Result<Self> {
         let context = ExtentContext::new_random(common.policy())?;
-        Self::load(common, &context, block_size_bits)
+        // The nonce is new, so its key cannot be in the keyring's cache yet.
+        Self::set_up(common, &context, block_size_bits, true)
     }
 
     /// The crypt state of a stored extent, refused unless it belongs to the inode's policy.
@@ -353,6 +364,17 @@ impl ExtentCryptInfo {
         common: &CryptCommon,
         context: &ExtentContext,
         block_size_bits: u8,
+    ) -> Result<Self> {
+        Self::set_up(common, context, block_size_bits, false)
+    }
+
+    /// `fresh`: the context's nonce was just made, so the cache lookup before deriving is
+    /// skipped ([`UnlockedKey::derived_fresh`]).
+    fn set_up(
+        common: &CryptCommon,
+        context: &ExtentContext,
+        block_size_bits: u8,
+        fresh: bool,
     ) -> Result<Self> {
         let policy = common.policy();
         if policy.iv_scheme() != IvScheme::PerFileKey {
@@ -367,12 +389,17 @@ impl ExtentCryptInfo {
             info: context.nonce.to_vec(),
         };
         let mode = context.contents_mode;
-        let cipher = common.key().derived(&slot, |mk| {
+        let derive = |mk: &_| {
             let key = keysetup::per_extent_key(mk, &mode.info(), &context.nonce)?;
             ContentsCipher::new(mode, &key)
-        })?;
+        };
+        let cipher = if fresh {
+            common.key().derived_fresh(&slot, derive)?
+        } else {
+            common.key().derived(&slot, derive)?
+        };
         let authenticator = if context.authenticated {
-            Some(ExtentAuthenticator::load(common.key(), context)?)
+            Some(ExtentAuthenticator::set_up(common.key(), context, fresh)?)
         } else {
             None
         };

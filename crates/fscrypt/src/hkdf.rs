@@ -10,8 +10,6 @@
 use hkdf::Hkdf;
 use sha2::Sha512;
 
-use crate::secret::Secret;
-
 /// The master key identifier (16 bytes, no info).
 pub const CONTEXT_KEY_IDENTIFIER: u8 = 1;
 /// A per-file key, info = the file's nonce.
@@ -38,22 +36,27 @@ const INFO_PREFIX: &[u8; 8] = b"fscrypt\0";
 /// The prefix of cowcrypt's own info strings: never a prefix of Linux's.
 const COWCRYPT_INFO_PREFIX: &[u8; 8] = b"cowcrypt";
 
-/// The HKDF-SHA512 pseudorandom key of one master key. Derived subkeys come only from here.
+/// The HKDF-SHA512 pseudorandom key of one master key, kept as HMAC-SHA512 already keyed with
+/// it (the hashed inner and outer pads). Derived subkeys come only from here.
+///
+/// Keying HMAC costs two SHA-512 compressions, as much as expanding a 64-byte subkey itself,
+/// and the `hkdf` crate keys it in `from_prk`: keeping the keyed state and cloning it per
+/// expansion (which `Hkdf::expand` does) halves the cost of every derived key, and a new extent
+/// derives one. The state stands in for the PRK, so it is as secret: SHA-512's `zeroize`
+/// feature wipes its hash states and buffers on drop.
 #[derive(Clone)]
 pub struct HkdfKey {
-    prk: Secret<64>,
+    hkdf: Hkdf<Sha512>,
 }
 
 impl HkdfKey {
     /// HKDF-Extract with an empty salt (64 zero bytes), as Linux does.
     pub fn extract(master_key: &[u8]) -> Self {
-        let mut prk = Secret::<64>::zeroed();
-        let (out, _) = Hkdf::<Sha512>::extract(None, master_key);
-        prk.expose_mut().copy_from_slice(&out);
-        // `out` is a GenericArray on the stack; wipe it too.
-        let mut out = out;
-        zeroize::Zeroize::zeroize(out.as_mut_slice());
-        HkdfKey { prk }
+        // `extract` keys HMAC with the PRK for us, and also returns the PRK itself.
+        let (mut prk, hkdf) = Hkdf::<Sha512>::extract(None, master_key);
+        // The PRK itself is an array on the stack, not needed past here; wipe it.
+        zeroize::Zeroize::zeroize(prk.as_mut_slice());
+        HkdfKey { hkdf }
     }
 
     /// HKDF-Expand of `out.len()` bytes (at most 255 * 64) for `context` and `info`.
@@ -67,13 +70,9 @@ impl HkdfKey {
     }
 
     fn expand_with(&self, prefix: &[u8; 8], context: u8, info: &[u8], out: &mut [u8]) {
-        let hk = Hkdf::<Sha512>::from_prk(self.prk.expose())
-            .expect("a 64-byte PRK is always long enough for SHA-512");
-        let mut full_info = Vec::with_capacity(prefix.len() + 1 + info.len());
-        full_info.extend_from_slice(prefix);
-        full_info.push(context);
-        full_info.extend_from_slice(info);
-        hk.expand(&full_info, out)
+        // The info string in pieces: HMAC hashes them as their concatenation.
+        self.hkdf
+            .expand_multi_info(&[prefix, &[context], info], out)
             .expect("fscrypt never asks for more than 255 * 64 bytes");
     }
 }

@@ -374,6 +374,26 @@ impl UnlockedKey {
         slot: &DerivedSlot,
         derive: impl FnOnce(&MasterKey) -> Result<T>,
     ) -> Result<Arc<T>> {
+        self.derive_and_cache(slot, true, derive)
+    }
+
+    /// Like [`UnlockedKey::derived`], for a slot that cannot be cached yet because its info was
+    /// just made (a fresh random nonce): derives without first looking in the cache, which
+    /// saves a lock and a lookup that could not hit, then caches the key as `derived` does.
+    pub fn derived_fresh<T: Send + Sync + 'static>(
+        &self,
+        slot: &DerivedSlot,
+        derive: impl FnOnce(&MasterKey) -> Result<T>,
+    ) -> Result<Arc<T>> {
+        self.derive_and_cache(slot, false, derive)
+    }
+
+    fn derive_and_cache<T: Send + Sync + 'static>(
+        &self,
+        slot: &DerivedSlot,
+        look_first: bool,
+        derive: impl FnOnce(&MasterKey) -> Result<T>,
+    ) -> Result<Arc<T>> {
         if slot.info.len() > MAX_DERIVED_INFO {
             return Err(Error::invalid(
                 "derived key slot",
@@ -388,13 +408,15 @@ impl UnlockedKey {
             slot: slot.clone(),
             type_id: TypeId::of::<T>(),
         };
-        if let Some(hit) = self.shared.lock().cache.get(&cache_key) {
+        if look_first && let Some(hit) = self.shared.lock().cache.get(&cache_key) {
             return downcast(hit);
         }
         // Derive without the lock: `derive` is the caller's code. The pin we hold keeps the
         // master key, and so this slot's key, from being wiped meanwhile.
         let made: Arc<T> = Arc::new(derive(&self.key)?);
         let mut inner = self.shared.lock();
+        // Checked even for a fresh slot: sharing an existing key is always right, and this
+        // lookup is under the lock we take anyway to insert.
         if let Some(hit) = inner.cache.get(&cache_key) {
             // Another thread derived it first; share theirs, ours is dropped (wiped) below.
             drop(inner);
@@ -1030,6 +1052,37 @@ mod tests {
         drop(k1);
         assert_eq!(ring.stats().derived_live, 2);
         assert_eq!(ring.stats().derived_wiped_total, 0);
+    }
+
+    /// `derived_fresh` skips only the first lookup: the key is registered and cached as by
+    /// `derived`, a later `derived` hits it, and a slot already cached is still shared.
+    #[test]
+    fn derived_fresh_caches_like_derived() {
+        let ring = Keyring::new(4);
+        let id = ring.add_key(master(5), user(1)).unwrap();
+        let pin = ring.unlock(&id).unwrap();
+        let calls = std::cell::Cell::new(0);
+        let derive = |m: &MasterKey, info: &[u8]| {
+            calls.set(calls.get() + 1);
+            Ok(derive_extent_key(m, info))
+        };
+        let s = slot(1);
+        let fresh = pin.derived_fresh(&s, |m| derive(m, &s.info)).unwrap();
+        assert_eq!(
+            (ring.stats().derived_cached, ring.stats().derived_live),
+            (1, 1)
+        );
+        let hit = pin.derived(&s, |m| derive(m, &s.info)).unwrap();
+        assert!(Arc::ptr_eq(&fresh, &hit));
+        assert_eq!(calls.get(), 1);
+        // A "fresh" slot that is in fact cached derives, then shares the cached key.
+        let again = pin.derived_fresh(&s, |m| derive(m, &s.info)).unwrap();
+        assert!(Arc::ptr_eq(&fresh, &again));
+        assert_eq!(calls.get(), 2);
+        assert_eq!(
+            (ring.stats().derived_cached, ring.stats().derived_live),
+            (1, 1)
+        );
     }
 
     #[test]

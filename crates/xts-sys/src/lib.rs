@@ -4,12 +4,19 @@
 //! extents. This crate holds the only `unsafe` FFI of the crypto stack, so that `fscrypt` can
 //! stay `forbid(unsafe_code)`.
 //!
-//! A [`Key`] keeps one keyed encryption context and one keyed decryption context as read-only
-//! templates. XTS keeps the IV in the context, so a call needs a context of its own: it takes
-//! the key's one spare context for that direction (an atomic swap), or, when another thread
-//! holds it, copies the template (a malloc and a copy, about 70 ns). It then sets each data
-//! unit's IV and runs one update per unit, and puts the context back as the spare (or frees it
-//! if another one got there first). aws-lc cleanses key schedules when it frees them.
+//! A [`Key`] keeps the 64-byte raw key in a heap box that is wiped on drop, and per direction
+//! at most one spare keyed context. XTS keeps the IV in the context, so a call needs a context
+//! of its own: it takes its direction's spare (an atomic swap), or, when there is none (first
+//! use of that direction, or another thread holds it), keys a fresh context from the raw key.
+//! It then sets each data unit's IV and runs one update per unit, and puts the context back as
+//! the spare (or frees it if another one got there first). aws-lc cleanses key schedules when
+//! it frees them.
+//!
+//! Contexts are made lazily because most keys are used once in one direction: a flush derives
+//! a new key for every new extent, encrypts it, and drops the key, usually without ever
+//! decrypting through it. [`Key::new`] therefore keys only the encryption context (which also
+//! checks the key, so refusals are reported there) and keeps it as the encryption spare; the
+//! decryption direction costs nothing until it is first used.
 
 use std::fmt;
 use std::os::raw::c_int;
@@ -17,6 +24,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use aws_lc_sys as sys;
+use zeroize::Zeroize;
 
 /// Why aws-lc refused a key or an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,19 +81,6 @@ impl Ctx {
         }
         Ok(ctx)
     }
-
-    fn try_clone(&self) -> Result<Ctx, XtsError> {
-        // SAFETY: plain constructor; null is checked right after.
-        let raw = unsafe { sys::EVP_CIPHER_CTX_new() };
-        let copy = Ctx(NonNull::new(raw).ok_or(XtsError::Failed("EVP_CIPHER_CTX_new"))?);
-        // SAFETY: `self.0` is a keyed context that is only ever read after keying; `copy` is a
-        // fresh context we own.
-        let ok = unsafe { sys::EVP_CIPHER_CTX_copy(copy.0.as_ptr(), self.0.as_ptr()) };
-        if ok != 1 {
-            return Err(XtsError::Failed("EVP_CIPHER_CTX_copy"));
-        }
-        Ok(copy)
-    }
 }
 
 impl Drop for Ctx {
@@ -98,38 +93,57 @@ impl Drop for Ctx {
 // SAFETY: a `Ctx` owns its heap context exclusively; moving it to another thread moves that
 // ownership, and aws-lc contexts have no thread affinity.
 unsafe impl Send for Ctx {}
-// SAFETY: through `&Ctx` the only operation is EVP_CIPHER_CTX_copy from it (a const read), done
-// on templates that are never mutated after keying; working contexts are used only by the
-// call that owns them.
-unsafe impl Sync for Ctx {}
 
-/// One direction of a key: the read-only keyed template and at most one spare working copy.
+/// The raw 64-byte key, on the heap so that it is never moved (and so never left behind in a
+/// stack copy), wiped on drop.
+struct RawKey(Box<[u8; 64]>);
+
+impl RawKey {
+    fn new(key: &[u8; 64]) -> RawKey {
+        // Allocate zeroed and copy in place, rather than `Box::new(*key)`, which may go through
+        // a stack temporary that nobody wipes.
+        let mut raw = RawKey(Box::new([0u8; 64]));
+        raw.0.copy_from_slice(key);
+        raw
+    }
+}
+
+impl Drop for RawKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// One direction of a key: at most one spare keyed working context. The context pointer in an
+/// `AtomicPtr` makes `Key` `Send` and `Sync`; that is sound because whoever swaps a context out
+/// owns it alone, and aws-lc contexts have no thread affinity.
 struct Direction {
-    template: Ctx,
+    encrypt: bool,
     /// A keyed working context owned by nobody, or null. Whoever swaps it out owns it.
     spare: AtomicPtr<sys::EVP_CIPHER_CTX>,
 }
 
 impl Direction {
-    fn new(key: &[u8; 64], encrypt: bool) -> Result<Direction, XtsError> {
-        Ok(Direction {
-            template: Ctx::new_keyed(key, encrypt)?,
+    /// A direction with no context yet: the first call keys one.
+    fn new(encrypt: bool) -> Direction {
+        Direction {
+            encrypt,
             spare: AtomicPtr::new(ptr::null_mut()),
-        })
+        }
     }
 
-    fn try_clone(&self) -> Result<Direction, XtsError> {
-        Ok(Direction {
-            template: self.template.try_clone()?,
-            spare: AtomicPtr::new(ptr::null_mut()),
-        })
+    /// A direction whose spare is `ctx`, a context already keyed for this direction.
+    fn with_spare(ctx: Ctx, encrypt: bool) -> Direction {
+        let direction = Direction::new(encrypt);
+        direction.give_back(ctx);
+        direction
     }
 
-    /// A working context for this call: the spare if free, else a fresh copy of the template.
-    fn take(&self) -> Result<Ctx, XtsError> {
+    /// A working context for this call: the spare if free, else a fresh one keyed from `key`.
+    fn take(&self, key: &RawKey) -> Result<Ctx, XtsError> {
         match NonNull::new(self.spare.swap(ptr::null_mut(), Ordering::Acquire)) {
             Some(ctx) => Ok(Ctx(ctx)),
-            None => self.template.try_clone(),
+            None => Ctx::new_keyed(&key.0, self.encrypt),
         }
     }
 
@@ -149,6 +163,7 @@ impl Direction {
 
     fn crypt(
         &self,
+        key: &RawKey,
         du_size: usize,
         data: &mut [u8],
         iv: impl FnMut(usize) -> [u8; 16],
@@ -160,7 +175,7 @@ impl Direction {
         if data.is_empty() {
             return Ok(());
         }
-        let ctx = self.take()?;
+        let ctx = self.take(key)?;
         let result = crypt_units(&ctx, unit_len, du_size, data, iv);
         // After a failure the context's state is unknown: free it rather than reuse it.
         if result.is_ok() {
@@ -178,10 +193,13 @@ impl Drop for Direction {
     }
 }
 
-/// An AES-256-XTS key expanded by aws-lc: K1 = bytes 0..32 (data), K2 = bytes 32..64 (tweak).
+/// An AES-256-XTS key for aws-lc: K1 = bytes 0..32 (data), K2 = bytes 32..64 (tweak). Each
+/// direction's key schedule is expanded on its first use (see the module documentation).
 pub struct Key {
     encrypt: Direction,
     decrypt: Direction,
+    /// What each direction keys new contexts from.
+    raw: RawKey,
 }
 
 impl fmt::Debug for Key {
@@ -191,21 +209,23 @@ impl fmt::Debug for Key {
 }
 
 impl Key {
-    /// Expands `key` for both directions. Keys whose halves are equal are refused
-    /// ([`XtsError::DuplicatedKeyHalves`]).
+    /// Keeps `key` and expands it for encryption only; the decryption schedule is made when
+    /// first needed. Keys whose halves are equal are refused ([`XtsError::DuplicatedKeyHalves`]).
     pub fn new(key: &[u8; 64]) -> Result<Key, XtsError> {
+        let raw = RawKey::new(key);
+        // Keying checks the key, so a refusal comes from here and not from a later call; the
+        // context is kept, since a new key is nearly always used to encrypt.
+        let ctx = Ctx::new_keyed(&raw.0, true)?;
         Ok(Key {
-            encrypt: Direction::new(key, true)?,
-            decrypt: Direction::new(key, false)?,
+            encrypt: Direction::with_spare(ctx, true),
+            decrypt: Direction::new(false),
+            raw,
         })
     }
 
-    /// A second handle on the same key (the key schedules are copied).
+    /// A second handle on the same key, with contexts of its own.
     pub fn try_clone(&self) -> Result<Key, XtsError> {
-        Ok(Key {
-            encrypt: self.encrypt.try_clone()?,
-            decrypt: self.decrypt.try_clone()?,
-        })
+        Key::new(&self.raw.0)
     }
 
     /// Encrypts `data` in place as consecutive data units of `du_size` bytes (a non-zero
@@ -216,7 +236,7 @@ impl Key {
         data: &mut [u8],
         iv: impl FnMut(usize) -> [u8; 16],
     ) -> Result<(), XtsError> {
-        self.encrypt.crypt(du_size, data, iv)
+        self.encrypt.crypt(&self.raw, du_size, data, iv)
     }
 
     /// Decrypts `data` in place; the inverse of [`Key::encrypt_units`].
@@ -226,7 +246,7 @@ impl Key {
         data: &mut [u8],
         iv: impl FnMut(usize) -> [u8; 16],
     ) -> Result<(), XtsError> {
-        self.decrypt.crypt(du_size, data, iv)
+        self.decrypt.crypt(&self.raw, du_size, data, iv)
     }
 }
 
@@ -475,6 +495,50 @@ mod tests {
                         k.encrypt_units(512, &mut data, |i| [i as u8; 16]).unwrap();
                         assert_eq!(data, want);
                         k.decrypt_units(512, &mut data, |i| [i as u8; 16]).unwrap();
+                        assert_eq!(data, plain);
+                    }
+                });
+            }
+        });
+    }
+
+    /// The decryption schedule is made on first use: a key that never encrypted, and a clone of
+    /// one, still decrypt, alone and with threads racing to key that first context.
+    #[test]
+    fn decrypt_on_a_key_that_never_encrypted() {
+        let plain: Vec<u8> = (0..8 * 512).map(|i| (i % 251) as u8).collect();
+        let mut cipher = plain.clone();
+        Key::new(&key())
+            .unwrap()
+            .encrypt_units(512, &mut cipher, |i| [i as u8 ^ 0x3c; 16])
+            .unwrap();
+        assert_ne!(cipher, plain);
+
+        let fresh = Key::new(&key()).unwrap();
+        let mut data = cipher.clone();
+        fresh
+            .decrypt_units(512, &mut data, |i| [i as u8 ^ 0x3c; 16])
+            .unwrap();
+        assert_eq!(data, plain);
+
+        let never_used = Key::new(&key()).unwrap();
+        let clone = never_used.try_clone().unwrap();
+        drop(never_used);
+        let mut data = cipher.clone();
+        clone
+            .decrypt_units(512, &mut data, |i| [i as u8 ^ 0x3c; 16])
+            .unwrap();
+        assert_eq!(data, plain);
+
+        let shared = Key::new(&key()).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let mut data = cipher.clone();
+                        shared
+                            .decrypt_units(512, &mut data, |i| [i as u8 ^ 0x3c; 16])
+                            .unwrap();
                         assert_eq!(data, plain);
                     }
                 });
