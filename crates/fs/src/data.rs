@@ -3,7 +3,10 @@
 //!
 //! Data is never overwritten in place. Dirty blocks are kept per inode until a flush (fsync,
 //! commit, or the global dirty bound) writes each run of consecutive blocks as one new extent,
-//! so sequential writes become large extents. A file extent item holds one reference on its
+//! so sequential writes become large extents. A flush works in three steps: it allocates every
+//! run's extent (tree work), then encrypts, checksums and writes the extents' blocks where they
+//! lie in the buffer with vectored writes, on two threads since no tree is touched there, and
+//! then maps the extents into the file. A file extent item holds one reference on its
 //! extent, owned by (tree, inode, file offset of the extent's start); splitting an item keeps
 //! both halves' references under that same owner. Sector checksums live in the checksum tree,
 //! keyed by extent, and are verified on every read; so are the data unit MACs of an
