@@ -204,7 +204,8 @@ impl ExtentAuthenticator {
         Self::set_up(key, context, false)
     }
 
-    /// `fresh`: the context's nonce was just made, so the cache lookup is skipped.
+    /// `fresh`: the context's nonce was just made, for an extent written once: the key is not
+    /// cached ([`UnlockedKey::derived_uncached`]).
     fn set_up(key: &UnlockedKey, context: &ExtentContext, fresh: bool) -> Result<Arc<Self>> {
         if !context.authenticated {
             return Err(Error::invalid(
@@ -225,7 +226,7 @@ impl ExtentAuthenticator {
             Self::with_key(nonce, &mac_key)
         };
         if fresh {
-            key.derived_fresh(&slot, derive)
+            key.derived_uncached(&slot, derive)
         } else {
             key.derived(&slot, derive)
         }
@@ -368,8 +369,8 @@ impl ExtentCryptInfo {
         Self::set_up(common, context, block_size_bits, false)
     }
 
-    /// `fresh`: the context's nonce was just made, so the cache lookup before deriving is
-    /// skipped ([`UnlockedKey::derived_fresh`]).
+    /// `fresh`: the context's nonce was just made, for an extent about to be written once: its
+    /// key is made for that one use and not cached ([`UnlockedKey::derived_uncached`]).
     fn set_up(
         common: &CryptCommon,
         context: &ExtentContext,
@@ -394,7 +395,7 @@ impl ExtentCryptInfo {
             ContentsCipher::new(mode, &key)
         };
         let cipher = if fresh {
-            common.key().derived_fresh(&slot, derive)?
+            common.key().derived_uncached(&slot, derive)?
         } else {
             common.key().derived(&slot, derive)?
         };

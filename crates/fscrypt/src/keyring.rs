@@ -374,49 +374,19 @@ impl UnlockedKey {
         slot: &DerivedSlot,
         derive: impl FnOnce(&MasterKey) -> Result<T>,
     ) -> Result<Arc<T>> {
-        self.derive_and_cache(slot, true, derive)
-    }
-
-    /// Like [`UnlockedKey::derived`], for a slot that cannot be cached yet because its info was
-    /// just made (a fresh random nonce): derives without first looking in the cache, which
-    /// saves a lock and a lookup that could not hit, then caches the key as `derived` does.
-    pub fn derived_fresh<T: Send + Sync + 'static>(
-        &self,
-        slot: &DerivedSlot,
-        derive: impl FnOnce(&MasterKey) -> Result<T>,
-    ) -> Result<Arc<T>> {
-        self.derive_and_cache(slot, false, derive)
-    }
-
-    fn derive_and_cache<T: Send + Sync + 'static>(
-        &self,
-        slot: &DerivedSlot,
-        look_first: bool,
-        derive: impl FnOnce(&MasterKey) -> Result<T>,
-    ) -> Result<Arc<T>> {
-        if slot.info.len() > MAX_DERIVED_INFO {
-            return Err(Error::invalid(
-                "derived key slot",
-                format!(
-                    "info is {} bytes, at most {MAX_DERIVED_INFO}",
-                    slot.info.len()
-                ),
-            ));
-        }
+        check_slot(slot)?;
         let cache_key = CacheKey {
             identifier: self.identifier,
             slot: slot.clone(),
             type_id: TypeId::of::<T>(),
         };
-        if look_first && let Some(hit) = self.shared.lock().cache.get(&cache_key) {
+        if let Some(hit) = self.shared.lock().cache.get(&cache_key) {
             return downcast(hit);
         }
         // Derive without the lock: `derive` is the caller's code. The pin we hold keeps the
         // master key, and so this slot's key, from being wiped meanwhile.
         let made: Arc<T> = Arc::new(derive(&self.key)?);
         let mut inner = self.shared.lock();
-        // Checked even for a fresh slot: sharing an existing key is always right, and this
-        // lookup is under the lock we take anyway to insert.
         if let Some(hit) = inner.cache.get(&cache_key) {
             // Another thread derived it first; share theirs, ours is dropped (wiped) below.
             drop(inner);
@@ -430,6 +400,37 @@ impl UnlockedKey {
         drop(evicted);
         Ok(made)
     }
+
+    /// A derived key made for one use, not cached: a new extent's key, which encrypts the
+    /// extent once when it is flushed. Caching it would cost a lookup structure update and an
+    /// eviction per extent, and a flush of random writes makes thousands, pushing out the keys
+    /// reads still use; a later read of the extent derives its key again through
+    /// [`UnlockedKey::derived`]. Still counted in the live derived keys while it is held.
+    pub fn derived_uncached<T: Send + Sync + 'static>(
+        &self,
+        slot: &DerivedSlot,
+        derive: impl FnOnce(&MasterKey) -> Result<T>,
+    ) -> Result<Arc<T>> {
+        check_slot(slot)?;
+        let made: Arc<T> = Arc::new(derive(&self.key)?);
+        let erased: Arc<dyn Any + Send + Sync> = made.clone();
+        self.shared.lock().derived_live.register(&erased);
+        Ok(made)
+    }
+}
+
+/// Refuses a slot whose info is longer than any fscrypt derivation uses.
+fn check_slot(slot: &DerivedSlot) -> Result<()> {
+    if slot.info.len() > MAX_DERIVED_INFO {
+        return Err(Error::invalid(
+            "derived key slot",
+            format!(
+                "info is {} bytes, at most {MAX_DERIVED_INFO}",
+                slot.info.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Clone for UnlockedKey {
@@ -1057,31 +1058,45 @@ mod tests {
     /// `derived_fresh` skips only the first lookup: the key is registered and cached as by
     /// `derived`, a later `derived` hits it, and a slot already cached is still shared.
     #[test]
-    fn derived_fresh_caches_like_derived() {
+    fn one_use_keys_are_counted_but_not_cached() {
         let ring = Keyring::new(4);
         let id = ring.add_key(master(5), user(1)).unwrap();
         let pin = ring.unlock(&id).unwrap();
-        let calls = std::cell::Cell::new(0);
-        let derive = |m: &MasterKey, info: &[u8]| {
-            calls.set(calls.get() + 1);
-            Ok(derive_extent_key(m, info))
-        };
         let s = slot(1);
-        let fresh = pin.derived_fresh(&s, |m| derive(m, &s.info)).unwrap();
+        let cached = pin
+            .derived(&slot(2), |m| Ok(derive_extent_key(m, &slot(2).info)))
+            .unwrap();
+        let once = pin
+            .derived_uncached(&s, |m| Ok(derive_extent_key(m, &s.info)))
+            .unwrap();
         assert_eq!(
-            (ring.stats().derived_cached, ring.stats().derived_live),
-            (1, 1)
+            once.0.expose(),
+            derive_extent_key(&master(5), &s.info).0.expose()
         );
-        let hit = pin.derived(&s, |m| derive(m, &s.info)).unwrap();
-        assert!(Arc::ptr_eq(&fresh, &hit));
-        assert_eq!(calls.get(), 1);
-        // A "fresh" slot that is in fact cached derives, then shares the cached key.
-        let again = pin.derived_fresh(&s, |m| derive(m, &s.info)).unwrap();
-        assert!(Arc::ptr_eq(&fresh, &again));
-        assert_eq!(calls.get(), 2);
+        // Live while held, never in the cache, and the cached key is still there.
         assert_eq!(
             (ring.stats().derived_cached, ring.stats().derived_live),
-            (1, 1)
+            (1, 2)
+        );
+        let calls = std::cell::Cell::new(0);
+        let again = pin
+            .derived(&slot(2), |m| {
+                calls.set(calls.get() + 1);
+                Ok(derive_extent_key(m, &slot(2).info))
+            })
+            .unwrap();
+        assert!(Arc::ptr_eq(&cached, &again));
+        assert_eq!(calls.get(), 0);
+        drop(once);
+        assert_eq!(ring.stats().derived_live, 1);
+        // The slot's rules hold as for cached keys.
+        let long = DerivedSlot {
+            context: 1,
+            info: vec![0; MAX_DERIVED_INFO + 1],
+        };
+        assert!(
+            pin.derived_uncached(&long, |m| Ok(derive_extent_key(m, &[])))
+                .is_err()
         );
     }
 
