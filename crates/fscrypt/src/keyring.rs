@@ -6,7 +6,9 @@
 //! btrfs v7 series (§9.4 "Key removal"): removing the last claim stops *new* unlocks at once, but
 //! the master secret stays while any pin remains, because an open file must still derive keys for
 //! the new extents it writes. When the last pin of a removed key goes, the secret and every cached
-//! key derived from it are dropped (each zeroizes itself) and the key leaves the keyring.
+//! key derived from it are dropped (each zeroizes itself) and the key leaves the keyring. A key
+//! made for one use (a new extent's, for its flush) is counted among the live derived keys but
+//! never cached, so writes do not push out the keys reads use.
 //!
 //! Everything sits behind one mutex: keyring operations are rare next to I/O, and one lock keeps
 //! claims, pins and the cache consistent with each other. Values are dropped only after the lock
