@@ -160,10 +160,6 @@ struct WrittenExtent {
     sums: store::Written,
 }
 
-/// Flushes below this many bytes are written on one thread: a second one costs more than it
-/// saves.
-const PARALLEL_FLUSH_MIN: u64 = 256 * 1024;
-
 /// Writes the new extents of a flush: each encrypted extent gets a fresh nonce and its own key,
 /// then its bytes are encrypted in place, checksummed (and MACed) and written. This is most of
 /// a flush of many small extents (random writes: a key setup and a device write each), and it
@@ -206,7 +202,10 @@ fn write_new_extents(
     };
     let bytes = |e: &NewExtent| e.blocks.len() as u64 * BLOCK;
     let total: u64 = extents.iter().map(bytes).sum();
-    if extents.len() < 2 || total < PARALLEL_FLUSH_MIN || cpus() < 2 {
+    if extents.len() < 2
+        || total < store::data_io::PARALLEL_MIN as u64
+        || store::data_io::cpus() < 2
+    {
         return write_all(extents);
     }
     // The first half by bytes stays here, the rest goes to a second thread.
@@ -221,21 +220,10 @@ fn write_new_extents(
         .map_or(first.len(), |i| i + 1)
         .min(first.len() - 1);
     let second = first.split_off(cut);
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| write_all(second));
-        let mut done = write_all(first)?;
-        let rest = worker
-            .join()
-            .unwrap_or_else(|_| Err(Error::Invalid("flush worker failed")))?;
-        done.extend(rest);
-        Ok(done)
-    })
-}
-
-/// The CPUs this process may use (looked up once).
-fn cpus() -> usize {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    let (done, rest) = store::data_io::join(|| write_all(first), || write_all(second));
+    let mut done = done?;
+    done.extend(rest.unwrap_or(Err(Error::Invalid("flush worker failed")))?);
+    Ok(done)
 }
 
 impl State {

@@ -222,14 +222,11 @@ impl<'a> DataIo<'a> {
             let (t1, t2) = tags.split_at_mut(split / unit * tag_size);
             let (c1, c2) = sums.split_at_mut(split / self.sector_size);
             let work = &work;
-            std::thread::scope(|s| {
-                let worker = s.spawn(move || work(split, second, t2, c2));
-                let r1 = work(0, first, t1, c1);
-                let r2 = worker.join().unwrap_or_else(|_| {
-                    Err(Error::InvalidRequest("data path worker failed".into()))
-                });
-                r1.and(r2)
-            })?;
+            let (r1, r2) = join(
+                || work(0, first, t1, c1),
+                move || work(split, second, t2, c2),
+            );
+            r1.and(r2.unwrap_or_else(worker_failed))?;
         } else {
             work(0, pieces, &mut tags, &mut sums)?;
         }
@@ -341,16 +338,8 @@ impl<'a> DataIo<'a> {
         let (t1, t2) = tags.split_at_mut((split / unit * tag_size).min(tags.len()));
         let (c1, c2) = sums.split_at_mut((split / self.sector_size).min(sums.len()));
         let work = &work;
-        std::thread::scope(|s| {
-            let second = s.spawn(move || work(split, b2, t2, c2));
-            let r1 = work(0, b1, t1, c1);
-            // A panic in the worker is re-raised by the scope; a join error cannot otherwise
-            // occur.
-            let r2 = second
-                .join()
-                .unwrap_or_else(|_| Err(Error::InvalidRequest("data path worker failed".into())));
-            r1.and(r2)
-        })
+        let (r1, r2) = join(|| work(0, b1, t1, c1), move || work(split, b2, t2, c2));
+        r1.and(r2.unwrap_or_else(worker_failed))
     }
 
     fn verify(
@@ -443,11 +432,29 @@ fn required_tags<'t>(
     }
 }
 
-/// Buffers from this size up are checked, encrypted and authenticated in two parts at once.
-const PARALLEL_MIN: usize = 256 << 10;
+/// Buffers from this size up are checked, encrypted and authenticated in two parts at once
+/// (below it a second thread costs more than it saves).
+pub const PARALLEL_MIN: usize = 256 << 10;
+
+/// Runs `first` on this thread and `second` on a scoped thread at the same time, and returns
+/// both results (`None` for a `second` that panicked): the two halves of large data path work.
+pub fn join<A, B: Send>(
+    first: impl FnOnce() -> A,
+    second: impl FnOnce() -> B + Send,
+) -> (A, Option<B>) {
+    std::thread::scope(|s| {
+        let worker = s.spawn(second);
+        let a = first();
+        (a, worker.join().ok())
+    })
+}
+
+fn worker_failed() -> Result<()> {
+    Err(Error::InvalidRequest("data path worker failed".into()))
+}
 
 /// The CPUs this process may use (looked up once).
-fn cpus() -> usize {
+pub fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
