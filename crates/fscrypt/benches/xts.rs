@@ -434,8 +434,8 @@ fn main() {
         both / 1e6
     );
 
-    // What a flush pays per new extent, through the public API: a fresh nonce, the derived key
-    // (keyring cache and pin included), one 4 KiB unit encrypted, everything dropped.
+    // What a flush pays per new extent, through the public API: a fresh nonce, its key (derived
+    // uncached, counted live in the keyring), one 4 KiB unit encrypted, everything dropped.
     let ring = Keyring::new(1024);
     let admin = Caller {
         uid: 0,

@@ -356,7 +356,7 @@ impl ExtentCryptInfo {
     /// The crypt state of a new extent: a fresh nonce, its own derived key.
     pub fn new_extent(common: &CryptCommon, block_size_bits: u8) -> Result<Self> {
         let context = ExtentContext::new_random(common.policy())?;
-        // The nonce is new, so its key cannot be in the keyring's cache yet.
+        // The nonce is new and the key encrypts this extent once: derived, not cached.
         Self::set_up(common, &context, block_size_bits, true)
     }
 

@@ -1057,8 +1057,8 @@ mod tests {
         assert_eq!(ring.stats().derived_wiped_total, 0);
     }
 
-    /// `derived_fresh` skips only the first lookup: the key is registered and cached as by
-    /// `derived`, a later `derived` hits it, and a slot already cached is still shared.
+    /// A one-use key is the slot's key, counted live while held and gone when dropped, never
+    /// cached, and it leaves the cached keys in place; its slot is checked as for `derived`.
     #[test]
     fn one_use_keys_are_counted_but_not_cached() {
         let ring = Keyring::new(4);

@@ -38,7 +38,7 @@
 //! key setup (6.1-7.4 M/s on aws-lc, which expands only the encryption schedule and leaves the
 //! decryption one to its first use; 7.6-9.4 M/s pure Rust): 1.4-1.5 M new extent keys per
 //! second, where the expansion dominates. Through `ExtentCryptInfo::new_extent` (fresh nonce,
-//! keyring cache and pin) with one 4 KiB unit encrypted, 0.43-0.50 M/s.
+//! key derived uncached, pin shared) with one 4 KiB unit encrypted, 0.43-0.50 M/s.
 
 use aes::cipher::array::{Array, ArraySize};
 use aes::cipher::consts::U16;

@@ -135,6 +135,15 @@ impl FileDevice {
     }
 }
 
+impl FileDevice {
+    /// Writes all of `buf` at `offset`; the caller holds `writing`.
+    fn write_all_locked(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io(format!("write {} bytes at {offset}", buf.len()), e))
+    }
+}
+
 impl BlockDevice for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len(), self.size)?;
@@ -146,9 +155,7 @@ impl BlockDevice for FileDevice {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len(), self.size)?;
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io(format!("write {} bytes at {offset}", buf.len()), e))
+        self.write_all_locked(buf, offset)
     }
 
     fn flush(&self) -> Result<()> {
@@ -177,10 +184,7 @@ impl BlockDevice for FileDevice {
                 for b in group {
                     let n = b.len();
                     if skip < n {
-                        let at = pos + skip as u64;
-                        self.file.write_all_at(&b[skip..], at).map_err(|e| {
-                            Error::io(format!("write {} bytes at {at}", n - skip), e)
-                        })?;
+                        self.write_all_locked(&b[skip..], pos + skip as u64)?;
                     }
                     skip = skip.saturating_sub(n);
                     pos += n as u64;
