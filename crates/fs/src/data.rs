@@ -144,20 +144,45 @@ pub(crate) fn context_is_authenticated(context: &[u8]) -> bool {
 
 /// A flushed run of dirty blocks with the extent allocated for it, before its bytes are written.
 struct NewExtent {
+    obj: u64,
     /// File offset of the run.
     start: u64,
     bytenr: u64,
     blocks: Vec<Box<[u8]>>,
+    /// The file's crypt state, in an encrypted file (it pins the key until the extent is
+    /// written).
+    common: Option<fscrypt::common::CryptCommon>,
 }
 
 /// A new extent as written: what the file's item and the checksum tree need.
-struct WrittenExtent {
+pub(crate) struct WrittenExtent {
+    obj: u64,
     start: u64,
     bytenr: u64,
     len: u64,
     /// The extent's crypt state, in an encrypted file.
     crypt: Option<fscrypt::extent::ExtentCryptInfo>,
     sums: store::Written,
+}
+
+/// Buffered data on its way to disk without the filesystem lock (write-behind): the blocks are
+/// out of the buffer and their extents allocated, but the files do not map them yet. While a
+/// flight is up the filesystem takes writes that need nothing in it and nothing else (see
+/// [`crate::Filesystem::write`]); [`State::land`] maps what it wrote.
+pub(crate) struct Flight {
+    store: std::sync::Arc<store::Store>,
+    extents: Vec<NewExtent>,
+}
+
+impl Flight {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
+    /// Encrypts, checksums and writes every extent: device and CPU work that touches no tree.
+    pub(crate) fn write(self) -> Result<Vec<WrittenExtent>> {
+        write_new_extents(&self.store.data_io()?, self.extents)
+    }
 }
 
 /// Writes the new extents of a flush: each encrypted extent gets a fresh nonce and its own key,
@@ -167,14 +192,15 @@ struct WrittenExtent {
 /// single large extent is split inside the data path instead.
 fn write_new_extents(
     io: &store::DataIo<'_>,
-    common: Option<&fscrypt::common::CryptCommon>,
     extents: Vec<NewExtent>,
 ) -> Result<Vec<WrittenExtent>> {
     let write_all = |extents: Vec<NewExtent>| -> Result<Vec<WrittenExtent>> {
         extents
             .into_iter()
             .map(|e| {
-                let crypt = common
+                let crypt = e
+                    .common
+                    .as_ref()
                     .map(|c| {
                         fscrypt::extent::ExtentCryptInfo::new_extent(c, crate::crypt::BLOCK_BITS)
                     })
@@ -191,6 +217,7 @@ fn write_new_extents(
                     cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
                 )?;
                 Ok(WrittenExtent {
+                    obj: e.obj,
                     start: e.start,
                     bytenr: e.bytenr,
                     len,
@@ -764,6 +791,26 @@ impl State {
         if !self.dirty.contains_key(&obj) {
             return Ok(());
         }
+        let settled_before = self.changes == self.settled_changes;
+        let mut extents = Vec::new();
+        self.allocate_buffered(obj, &mut extents)?;
+        let written = write_new_extents(&self.txn()?.data_io()?, extents)?;
+        self.map_written(written)?;
+        // The flushed data is a whole change by itself: an lseek that flushes and then answers
+        // ENXIO has not failed part way (unless something unsettled came before the flush).
+        if settled_before {
+            self.settled_changes = self.changes;
+        }
+        Ok(())
+    }
+
+    /// The first step of a flush: takes the buffered blocks of `obj` out of the buffer and
+    /// allocates an extent for each run of them (tree work, in file order), appended to `out`.
+    /// On an error the extents allocated so far are in `out`.
+    fn allocate_buffered(&mut self, obj: u64, out: &mut Vec<NewExtent>) -> Result<()> {
+        if !self.dirty.contains_key(&obj) {
+            return Ok(());
+        }
         // Encrypted data needs its key before anything changes (ENOKEY keeps it buffered).
         let common = self.crypt_common(obj)?;
         let need = self.dirty.get(&obj).map_or(0, |b| b.len() as u64 * BLOCK);
@@ -776,7 +823,6 @@ impl State {
         let Some(blocks) = self.dirty.remove(&obj) else {
             return Ok(());
         };
-        let settled_before = self.changes == self.settled_changes;
         self.dirty_bytes -= blocks.len() as u64 * BLOCK;
         let max_run = (self.opts.max_extent_bytes / BLOCK).max(1);
         let mut runs: Vec<(u64, Vec<Box<[u8]>>)> = Vec::new();
@@ -790,9 +836,7 @@ impl State {
                 _ => runs.push((blk, vec![data])),
             }
         }
-        // 1. Every run's extent is allocated (tree work, in file order).
         runs.reverse();
-        let mut new_extents = Vec::with_capacity(runs.len());
         while let Some((first, run)) = runs.pop() {
             let start = first * BLOCK;
             let len = run.len() as u64 * BLOCK;
@@ -814,17 +858,22 @@ impl State {
                 Err(e) => return Err(e.into()),
             };
             self.changes += 1;
-            new_extents.push(NewExtent {
+            out.push(NewExtent {
+                obj,
                 start,
                 bytenr,
                 blocks: run,
+                common: common.clone(),
             });
         }
-        // 2. Their bytes are encrypted, checksummed and written, on every CPU.
-        let written = write_new_extents(&self.txn()?.data_io()?, common.as_ref(), new_extents)?;
-        // 3. The file maps them.
-        let mut it = self.inode(obj)?;
+        Ok(())
+    }
+
+    /// The last step of a flush: the files map their written extents.
+    fn map_written(&mut self, written: Vec<WrittenExtent>) -> Result<()> {
+        let mut inode: Option<(u64, InodeItem)> = None;
         for WrittenExtent {
+            obj,
             start,
             bytenr,
             len,
@@ -832,6 +881,12 @@ impl State {
             sums,
         } in written
         {
+            if inode.as_ref().is_none_or(|(o, _)| *o != obj) {
+                if let Some((o, it)) = inode.take() {
+                    self.put_inode(o, &it)?;
+                }
+                inode = Some((obj, self.inode(obj)?));
+            }
             self.record_sums(bytenr, sums)?;
             let removed = self.unmap(obj, start, start + len)?;
             let fe = FileExtent {
@@ -843,15 +898,70 @@ impl State {
                 crypt: crypt.map(|c| c.context().encode().to_vec()),
             };
             self.put(Key::new(obj, ty::FILE_EXTENT, start), &fe.encode())?;
-            it.bytes = it.bytes.saturating_sub(removed).saturating_add(len);
+            if let Some((_, it)) = inode.as_mut() {
+                it.bytes = it.bytes.saturating_sub(removed).saturating_add(len);
+            }
         }
-        self.put_inode(obj, &it)?;
-        // The flushed data is a whole change by itself: an lseek that flushes and then answers
-        // ENXIO has not failed part way (unless something unsettled came before the flush).
-        if settled_before {
-            self.settled_changes = self.changes;
+        if let Some((o, it)) = inode {
+            self.put_inode(o, &it)?;
         }
         Ok(())
+    }
+
+    /// Starts a flight of all buffered data (write-behind): every file's blocks leave the buffer
+    /// with their extents allocated, and the blocks in flight are remembered until
+    /// [`State::land`], so that nothing reads or rewrites part of them meanwhile. On an error
+    /// the flight holds what was allocated before it, and must still be landed.
+    pub(crate) fn take_flight(&mut self) -> (Flight, Result<()>) {
+        let objs: Vec<u64> = self.dirty.keys().copied().collect();
+        let mut extents = Vec::new();
+        let mut r = Ok(());
+        for obj in objs {
+            let settled_before = self.changes == self.settled_changes;
+            if let Err(e) = self.allocate_buffered(obj, &mut extents) {
+                r = Err(e);
+                break;
+            }
+            // A file's data allocated whole will land whole: an error at the next file (no
+            // key) leaves nothing half done.
+            if settled_before {
+                self.settled_changes = self.changes;
+            }
+        }
+        for e in &extents {
+            let first = e.start / BLOCK;
+            self.in_flight
+                .entry(e.obj)
+                .or_default()
+                .insert(first, first + e.blocks.len() as u64);
+        }
+        self.flight_active = !extents.is_empty();
+        let flight = Flight {
+            store: self.store().clone(),
+            extents,
+        };
+        (flight, r)
+    }
+
+    /// Ends a flight: the files map what it wrote (nothing, if it failed), and closed files
+    /// drop the key pins their data held.
+    pub(crate) fn land(&mut self, written: Result<Vec<WrittenExtent>>) -> Result<()> {
+        let objs: Vec<u64> = self.in_flight.drain().map(|(obj, _)| obj).collect();
+        self.flight_active = false;
+        let r = written.and_then(|w| self.map_written(w));
+        for obj in objs {
+            self.release_idle_pin(obj);
+        }
+        r
+    }
+
+    /// Whether block `blk` of `obj` is in the flight up now.
+    pub(crate) fn block_in_flight(&self, obj: u64, blk: u64) -> bool {
+        self.in_flight.get(&obj).is_some_and(|runs| {
+            runs.range(..=blk)
+                .next_back()
+                .is_some_and(|(_, &end)| blk < end)
+        })
     }
 
     pub(crate) fn flush_all_data(&mut self) -> Result<()> {

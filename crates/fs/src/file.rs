@@ -278,10 +278,35 @@ impl State {
         it.ctime = now;
         perm::kill_suid(&mut it, c);
         self.put_inode(obj, &it)?;
-        if self.dirty_bytes > self.opts.max_dirty_bytes {
-            self.flush_all_data()?;
-        }
         Ok(len)
+    }
+
+    /// Whether a write of `len` bytes at `offset` must wait for the flight up now to land: it
+    /// would load the rest of a block that is in flight, or need a commit to make room. (Whole
+    /// blocks in flight are simply buffered again; the newer copy wins when it is flushed.)
+    pub(crate) fn write_needs_landing(
+        &mut self,
+        obj: u64,
+        fh: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<bool> {
+        if !self.flight_active || len == 0 {
+            return Ok(false);
+        }
+        let offset = if self.handle(obj, fh)?.flags.append() {
+            self.inode(obj)?.size
+        } else {
+            offset
+        };
+        let end = offset.saturating_add(len);
+        let partial = |blk: u64| offset > blk * BLOCK || end < (blk + 1) * BLOCK;
+        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        let loads_in_flight = [first, last]
+            .into_iter()
+            .any(|blk| partial(blk) && self.block_in_flight(obj, blk));
+        let room = self.dirty_bytes + len.next_multiple_of(BLOCK) + 2 * BLOCK;
+        Ok(loads_in_flight || self.txn()?.stats().data.free < room || self.metadata_short()?)
     }
 
     pub(crate) fn release(&mut self, obj: u64, fh: u64) -> Result<()> {

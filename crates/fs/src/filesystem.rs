@@ -3,7 +3,7 @@
 //! operation on the open transaction, and commits when a bound is passed.
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use store::{BlockDevice, DataRefs, FileDevice, ItemDataRef, Key, ResizeReport, S
 
 use crate::balance::BalanceReport;
 use crate::check::FsckReport;
+use crate::data::Flight;
 use crate::error::{Error, Result};
 use crate::inspect::Inspection;
 use crate::items::{self, FileExtent, InodeItem, ROOT_OBJECTID, SubvolInfo, ty};
@@ -50,11 +51,65 @@ struct Shared {
     /// Set to stop the commit thread.
     stop: Mutex<bool>,
     wake: Condvar,
+    /// Signalled when a flight of buffered data lands (with `state`).
+    landed: Condvar,
 }
 
 impl Shared {
+    /// The state, once no flight is up: what every operation but a write needs.
     fn lock(&self) -> MutexGuard<'_, State> {
+        self.wait_landed(self.lock_in_flight())
+    }
+
+    /// The state, even with a flight up: for writes (which check what they need of it) and for
+    /// landing it.
+    fn lock_in_flight(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_landed<'a>(&self, s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.landed
+            .wait_while(s, |s| s.flight_active)
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a flight without the lock and lands it under it. A flight that cannot be
+    /// written stops the filesystem, as any write failing half way: its data was acknowledged.
+    fn fly(&self, flight: Flight) {
+        let written = flight.write();
+        let mut s = self.lock_in_flight();
+        land_or_stop(&mut s, written);
+        drop(s);
+        self.landed.notify_all();
+    }
+}
+
+/// Lands a flight. One that could not be written, or mapped, stops the filesystem, as any
+/// write failing half way: its data was acknowledged.
+fn land_or_stop(s: &mut State, written: Result<Vec<crate::data::WrittenExtent>>) {
+    match s.land(written) {
+        Err(e) if s.failed.is_none() => {
+            eprintln!(
+                "cowfs: writing buffered data: {e}; no further changes are accepted, remount to recover"
+            );
+            s.failed = Some(format!("writing buffered data: {e}"));
+        }
+        Ok(()) if s.changes - s.committed_changes > MAX_UNCOMMITTED_CHANGES => {
+            if let Err(e) = s.commit() {
+                eprintln!("cowfs: commit: {e}");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Writes flights of buffered data as they come, until the sending side is dropped.
+fn flush_loop(shared: &Shared, flights: mpsc::Receiver<Flight>, delay: Duration) {
+    while let Ok(flight) = flights.recv() {
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        shared.fly(flight);
     }
 }
 
@@ -62,6 +117,10 @@ impl Shared {
 pub struct Filesystem {
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
+    /// Where writes send flights of buffered data, and the thread that writes them (none when
+    /// read-only).
+    flights: Option<mpsc::Sender<Flight>>,
+    flusher: Option<JoinHandle<()>>,
     /// The master keys added to this filesystem (memory only, as the kernel's keyring); the
     /// state holds the same keyring to unlock files with.
     keyring: Arc<fscrypt::keyring::Keyring>,
@@ -127,6 +186,7 @@ impl Filesystem {
             state: Mutex::new(state),
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            landed: Condvar::new(),
         });
         let committer = if opts.read_only {
             None
@@ -145,10 +205,29 @@ impl Filesystem {
                     })?,
             )
         };
+        let (flights, flusher) = if opts.read_only {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::channel();
+            let s = shared.clone();
+            let delay = opts.flight_delay;
+            let h = std::thread::Builder::new()
+                .name("cowfs-flush".into())
+                .spawn(move || flush_loop(&s, rx, delay))
+                .map_err(|e| {
+                    Error::Store(store::Error::Io {
+                        context: "start the flush thread".into(),
+                        source: e,
+                    })
+                })?;
+            (Some(tx), Some(h))
+        };
         let keyring = shared.lock().keyring.clone();
         Ok(Filesystem {
             shared,
             committer,
+            flights,
+            flusher,
             keyring,
             read_retries: std::sync::atomic::AtomicU64::new(0),
         })
@@ -238,6 +317,7 @@ impl Filesystem {
         s.commit()
     }
 
+    /// Stops the commit thread, and the flush thread once its last flight has landed.
     fn stop_committer(&mut self) {
         *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.shared.wake.notify_all();
@@ -246,15 +326,30 @@ impl Filesystem {
         {
             eprintln!("cowfs: the commit thread panicked");
         }
+        self.flights = None;
+        if let Some(h) = self.flusher.take()
+            && h.join().is_err()
+        {
+            eprintln!("cowfs: the flush thread panicked");
+        }
     }
 
-    /// Runs one operation under the state lock. If it fails after changing items, the
-    /// transaction holds half an operation: the filesystem stops taking changes.
+    /// Runs one operation under the state lock, once no flight is up.
     fn op<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut s = self.shared.lock();
+        self.op_in(&mut s, f)
+    }
+
+    /// Runs one operation under `s`. If it fails after changing items, the transaction holds
+    /// half an operation: the filesystem stops taking changes.
+    fn op_in<T>(
+        &self,
+        s: &mut MutexGuard<'_, State>,
+        f: impl FnOnce(&mut State) -> Result<T>,
+    ) -> Result<T> {
         let before = s.changes;
         s.settled_changes = before;
-        let r = f(&mut s);
+        let r = f(s);
         match &r {
             // Changes all committed (a commit to make room), or all settled (a data flush before
             // the error), leave nothing half done.
@@ -266,7 +361,11 @@ impl Filesystem {
                 s.failed = Some(format!("operation failed part way: {e}"));
                 eprintln!("cowfs: {e}; no further changes are accepted, remount to recover");
             }
-            Ok(_) if s.changes - s.committed_changes > MAX_UNCOMMITTED_CHANGES => {
+            // With a flight up, the landing commits instead.
+            Ok(_)
+                if !s.flight_active
+                    && s.changes - s.committed_changes > MAX_UNCOMMITTED_CHANGES =>
+            {
                 if let Err(e) = s.commit() {
                     eprintln!("cowfs: commit: {e}");
                 }
@@ -423,8 +522,47 @@ impl Filesystem {
     }
 
     /// Writes at `offset`, or at the end of file for a handle opened with O_APPEND.
+    ///
+    /// Write-behind: once enough data is buffered, a flight of it goes to the flush thread,
+    /// which encrypts and writes it without the lock while further writes fill the buffer
+    /// again. A write waits for the flight only when it needs part of a block in it, or room,
+    /// or when the buffer is full again (one flight at a time). Every other operation waits
+    /// for the landing, so none sees data that is neither buffered nor mapped.
     pub fn write(&self, ino: Ino, fh: Fh, offset: u64, data: &[u8], c: &Caller) -> Result<u32> {
-        self.op(|s| s.write(objectid(ino)?, fh, offset, data, c))
+        let obj = objectid(ino)?;
+        let mut s = self.shared.lock_in_flight();
+        if s.write_needs_landing(obj, fh, offset, data.len() as u64)? {
+            s = self.shared.wait_landed(s);
+        }
+        let n = self.op_in(&mut s, |s| s.write(obj, fh, offset, data, c))?;
+        let max = s.opts.max_dirty_bytes;
+        if s.dirty_bytes > max / 2 && (!s.flight_active || s.dirty_bytes > max) {
+            s = self.shared.wait_landed(s);
+            self.launch(&mut s)?;
+        }
+        Ok(n)
+    }
+
+    /// Sends the buffered data on a flight (written and landed here, under the lock, if the
+    /// flush thread is gone).
+    fn launch(&self, s: &mut MutexGuard<'_, State>) -> Result<()> {
+        self.op_in(s, |s| {
+            let (flight, r) = s.take_flight();
+            if flight.is_empty() {
+                return r;
+            }
+            let unsent = match &self.flights {
+                Some(tx) => tx.send(flight).err().map(|e| e.0),
+                None => Some(flight),
+            };
+            if let Some(flight) = unsent {
+                land_or_stop(s, flight.write());
+                if let Some(why) = &s.failed {
+                    return Err(Error::Stopped(why.clone()));
+                }
+            }
+            r
+        })
     }
 
     pub fn flush(&self, ino: Ino, fh: Fh) -> Result<()> {

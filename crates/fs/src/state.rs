@@ -97,6 +97,11 @@ pub(crate) struct State {
     /// Buffered file data: object id -> block index -> one block.
     pub dirty: BTreeMap<u64, BTreeMap<u64, Box<[u8]>>>,
     pub dirty_bytes: u64,
+    /// Runs of blocks in the flight up now (write-behind): object id -> first block -> end
+    /// block. Their data is neither buffered nor mapped until the flight lands.
+    pub in_flight: HashMap<u64, BTreeMap<u64, u64>>,
+    /// A flight is up: nothing may commit, read file data or change a mapping until it lands.
+    pub flight_active: bool,
     /// Deleted subvolumes whose blocks are still being released in the background.
     pub drops_pending: bool,
     /// The filesystem's master keys (shared with [`crate::Filesystem`]).
@@ -141,6 +146,8 @@ impl State {
             lookups: HashMap::new(),
             dirty: BTreeMap::new(),
             dirty_bytes: 0,
+            in_flight: HashMap::new(),
+            flight_active: false,
             drops_pending: false,
             keyring: Arc::new(fscrypt::keyring::Keyring::default()),
             crypt: HashMap::new(),
@@ -273,6 +280,7 @@ impl State {
     /// Commits the open transaction if it changed anything. Durable on return.
     pub fn commit(&mut self) -> Result<()> {
         self.check_not_stopped()?;
+        self.check_landed()?;
         self.flush_all_data()?;
         if self.changes == self.committed_changes {
             return Ok(());
@@ -296,16 +304,30 @@ impl State {
         if self.opts.read_only || self.subvol_read_only(subvol_of(obj))? {
             return Err(Error::ReadOnly);
         }
-        let node = self.txn()?.max_value_size() as u64 * 4;
-        // An operation changes a handful of items; each may copy a path of a few nodes.
-        let short = |st: &store::Stats| st.metadata.free < st.metadata_reserve + 64 * node;
-        let st = self.txn()?.stats();
-        if short(&st) && st.metadata.pinned > 0 {
+        if self.metadata_short()? && self.txn()?.stats().metadata.pinned > 0 {
             // Blocks freed since the last commit come back once it is durable.
             self.commit_to_reclaim()?;
         }
-        if short(&self.txn()?.stats()) {
+        if self.metadata_short()? {
             return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Whether metadata space is too low for a whole operation: one changes a handful of items,
+    /// and each may copy a path of a few nodes.
+    pub fn metadata_short(&mut self) -> Result<bool> {
+        let node = self.txn()?.max_value_size() as u64 * 4;
+        let st = self.txn()?.stats();
+        Ok(st.metadata.free < st.metadata_reserve + 64 * node)
+    }
+
+    /// A commit while a flight is up would write extents allocated for no file, and a flush
+    /// could map data older than the flight's after it: the lock's users wait for the landing,
+    /// and this refuses what slipped past them.
+    fn check_landed(&self) -> Result<()> {
+        if self.flight_active {
+            return Err(Error::Invalid("commit with buffered data in flight"));
         }
         Ok(())
     }
@@ -314,6 +336,7 @@ impl State {
     /// the last commit, pinned until then, can be allocated again: what a full filesystem does
     /// before answering ENOSPC.
     pub fn commit_to_reclaim(&mut self) -> Result<()> {
+        self.check_landed()?;
         if let Some(t) = self.txn.take() {
             let r = t.commit();
             if let Err(e) = &r {

@@ -286,13 +286,18 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// How often the background thread commits a dirty transaction.
     pub commit_interval: std::time::Duration,
-    /// Dirty file data buffered over all inodes before it is written out.
+    /// Dirty file data buffered over all inodes. Half of it starts a flight to the flush
+    /// thread (write-behind); writes wait for that flight once the buffer is full again.
     pub max_dirty_bytes: u64,
     /// The largest data extent a flush writes.
     pub max_extent_bytes: u64,
     /// Count kernel lookups (FUSE): an unlinked inode then lives until `forget` drops its count
     /// to zero as well as until its last handle is released. Library users leave this off.
     pub lookup_counts: bool,
+    /// For tests: the flush thread waits this long before writing each flight, so that the
+    /// operations after a write meet the flight in the air. Zero outside tests.
+    #[doc(hidden)]
+    pub flight_delay: std::time::Duration,
 }
 
 impl Default for OpenOptions {
@@ -303,6 +308,7 @@ impl Default for OpenOptions {
             max_dirty_bytes: 64 << 20,
             max_extent_bytes: 8 << 20,
             lookup_counts: false,
+            flight_delay: std::time::Duration::ZERO,
         }
     }
 }
