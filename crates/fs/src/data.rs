@@ -180,8 +180,15 @@ impl Flight {
     }
 
     /// Encrypts, checksums and writes every extent: device and CPU work that touches no tree.
+    /// Then the device is asked to start writing them back: they must be durable at the next
+    /// commit, and an fsync after a large write then waits for its tail only.
     pub(crate) fn write(self) -> Result<Vec<WrittenExtent>> {
-        write_new_extents(&self.store.data_io()?, self.extents)
+        let io = self.store.data_io()?;
+        let written = write_new_extents(&io, self.extents)?;
+        let ranges: Vec<(u64, u64)> = written.iter().map(|w| (w.bytenr, w.len)).collect();
+        // Only a hint: if it fails, the commit's flush writes the same bytes back.
+        let _ = io.start_writeback(&ranges);
+        Ok(written)
     }
 }
 

@@ -1,6 +1,7 @@
-//! The public [`Filesystem`]: lifecycle (mkfs, open, sync, unmount), the background commit
-//! thread, and every operation of docs/FS-API.md. Each call takes the state lock, runs one
-//! operation on the open transaction, and commits when a bound is passed.
+//! The public [`Filesystem`]: lifecycle (mkfs, open, sync, unmount), the background commit and
+//! flush threads, and every operation of docs/FS-API.md. Each call takes the state lock, runs
+//! one operation on the open transaction, and commits when a bound is passed. Writes hand
+//! buffered data to the flush thread (write-behind); everything else waits for it to land.
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};

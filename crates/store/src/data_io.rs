@@ -238,6 +238,28 @@ impl<'a> DataIo<'a> {
         })
     }
 
+    /// Asks the device to start writing back the extents just written (logical start and
+    /// length each), merged into as few physical ranges as they allow: a flush of thousands
+    /// of 4 KiB extents allocated one after another is one range.
+    pub fn start_writeback(&self, extents: &[(u64, u64)]) -> Result<()> {
+        let mut ranges = Vec::with_capacity(extents.len());
+        for &(logical, len) in extents {
+            ranges.push((self.chunks.to_physical(logical, len)?, len));
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (at, len) in ranges {
+            match merged.last_mut() {
+                Some((start, n)) if *start + *n == at => *n += len,
+                _ => merged.push((at, len)),
+            }
+        }
+        for (at, len) in merged {
+            self.dev.start_writeback(at, len)?;
+        }
+        Ok(())
+    }
+
     /// Reads `len` bytes at `offset_in_extent` inside the extent at logical `extent`. With
     /// `expected` checksums (one per sector), the bytes on the device are verified first; then,
     /// with `crypt`, its tags are checked against `tags` (required when it authenticates) and
@@ -551,6 +573,53 @@ mod tests {
         dev.read_at(&mut buf, PHYS + 64 * 1024 + offset_in_extent)
             .unwrap();
         buf
+    }
+
+    /// Records the writeback hints it is given.
+    struct HintLog {
+        inner: MemDevice,
+        hints: std::sync::Mutex<Vec<(u64, u64)>>,
+    }
+    impl BlockDevice for HintLog {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+            self.inner.write_at(buf, offset)
+        }
+        fn flush(&self) -> Result<()> {
+            self.inner.flush()
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn start_writeback(&self, offset: u64, len: u64) -> Result<()> {
+            self.hints.lock().unwrap().push((offset, len));
+            Ok(())
+        }
+    }
+
+    /// Extents one after another, in any order, make one physical range; a gap starts another;
+    /// an extent outside every chunk is an error.
+    #[test]
+    fn writeback_hints_merge_adjacent_extents() {
+        let (inner, chunks) = setup();
+        let dev = HintLog {
+            inner,
+            hints: std::sync::Mutex::new(Vec::new()),
+        };
+        let io = DataIo::new(&dev, &chunks, 4096).unwrap();
+        let at = |i: u64| FIRST_LOGICAL + i * 4096;
+        io.start_writeback(&[(at(2), 4096), (at(0), 8192), (at(3), 4096), (at(6), 4096)])
+            .unwrap();
+        assert_eq!(
+            *dev.hints.lock().unwrap(),
+            vec![(PHYS, 4 * 4096), (PHYS + 6 * 4096, 4096)]
+        );
+        assert!(
+            io.start_writeback(&[(FIRST_LOGICAL + 2 * MIB, 4096)])
+                .is_err()
+        );
     }
 
     #[test]
