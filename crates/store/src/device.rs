@@ -76,6 +76,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for &T {
     fn flush(&self) -> Result<()> {
         (**self).flush()
     }
+    fn start_writeback(&self, offset: u64, len: u64) -> Result<()> {
+        (**self).start_writeback(offset, len)
+    }
     fn size(&self) -> u64 {
         (**self).size()
     }
