@@ -813,22 +813,27 @@ impl State {
 
     /// The first step of a flush: takes the buffered blocks of `obj` out of the buffer and
     /// allocates an extent for each run of them (tree work, in file order), appended to `out`.
-    /// On an error the extents allocated so far are in `out`.
-    fn allocate_buffered(&mut self, obj: u64, out: &mut Vec<NewExtent>) -> Result<()> {
+    /// On an error the extents allocated so far are in `out`. Returns false, having changed
+    /// nothing, when room needs a commit and `out` already holds extents (a commit must not
+    /// record extents allocated for no file yet).
+    fn allocate_buffered(&mut self, obj: u64, out: &mut Vec<NewExtent>) -> Result<bool> {
         if !self.dirty.contains_key(&obj) {
-            return Ok(());
+            return Ok(true);
         }
         // Encrypted data needs its key before anything changes (ENOKEY keeps it buffered).
         let common = self.crypt_common(obj)?;
         let need = self.dirty.get(&obj).map_or(0, |b| b.len() as u64 * BLOCK);
         let st = self.txn()?.stats();
         if st.data.free < need && st.data.pinned > 0 {
+            if !out.is_empty() {
+                return Ok(false);
+            }
             // Space freed since the last commit (an unlink just before) comes back once the
             // tree is committed.
             self.commit_to_reclaim()?;
         }
         let Some(blocks) = self.dirty.remove(&obj) else {
-            return Ok(());
+            return Ok(true);
         };
         self.dirty_bytes -= blocks.len() as u64 * BLOCK;
         let max_run = (self.opts.max_extent_bytes / BLOCK).max(1);
@@ -873,7 +878,7 @@ impl State {
                 common: common.clone(),
             });
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The last step of a flush: the files map their written extents.
@@ -925,9 +930,14 @@ impl State {
         let mut r = Ok(());
         for obj in objs {
             let settled_before = self.changes == self.settled_changes;
-            if let Err(e) = self.allocate_buffered(obj, &mut extents) {
-                r = Err(e);
-                break;
+            match self.allocate_buffered(obj, &mut extents) {
+                Ok(true) => {}
+                // The rest waits for the next flight, after a commit.
+                Ok(false) => break,
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
             }
             // A file's data allocated whole will land whole: an error at the next file (no
             // key) leaves nothing half done.

@@ -74,8 +74,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes a flight without the lock and lands it under it. A flight that cannot be
-    /// written stops the filesystem, as any write failing half way: its data was acknowledged.
+    /// Writes a flight without the lock, lands it under it, and wakes whoever waits for that.
     fn fly(&self, flight: Flight) {
         let written = flight.write();
         let mut s = self.lock_in_flight();
@@ -308,9 +307,9 @@ impl Filesystem {
         self.shared.lock().commit()
     }
 
-    /// Syncs and stops the commit thread.
+    /// Lands the last flight, stops the background threads and syncs.
     pub fn unmount(mut self) -> Result<()> {
-        self.stop_committer();
+        self.stop_threads();
         let mut s = self.shared.lock();
         if s.opts.read_only {
             return Ok(());
@@ -319,7 +318,7 @@ impl Filesystem {
     }
 
     /// Stops the commit thread, and the flush thread once its last flight has landed.
-    fn stop_committer(&mut self) {
+    fn stop_threads(&mut self) {
         *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.shared.wake.notify_all();
         if let Some(h) = self.committer.take()
@@ -977,7 +976,7 @@ impl Filesystem {
 
 impl Drop for Filesystem {
     fn drop(&mut self) {
-        self.stop_committer();
+        self.stop_threads();
         let mut s = self.shared.lock();
         if !s.opts.read_only
             && s.failed.is_none()
