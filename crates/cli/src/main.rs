@@ -238,7 +238,8 @@ struct MountArgs {
     #[arg(short, long)]
     foreground: bool,
     /// Comma-separated options (may be repeated): ro, rw, allow_other, log=PATH, threads=N,
-    /// readahead=KIB (default 8192; set when mounting as root), fsname=NAME, and the kernel flags dev, nodev, suid, nosuid, exec, noexec, atime,
+    /// readahead=KIB (default 8192; set when mounting as root), dirty=KIB (buffered file data,
+    /// default 65536), fsname=NAME, and the kernel flags dev, nodev, suid, nosuid, exec, noexec, atime,
     /// noatime, sync, async, dirsync.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,

@@ -123,6 +123,8 @@ pub struct CowcryptMount {
     image: PathBuf,
     dir: PathBuf,
     log: PathBuf,
+    /// `-o` options of every mount of this image.
+    options: Option<String>,
     daemon: Option<Child>,
 }
 
@@ -144,12 +146,24 @@ impl CowcryptMount {
 
     /// Mounts `image` on `dir` (created if missing); the daemon's output goes to `log`.
     pub fn mount(bin: &Path, image: &Path, dir: &Path, log: &Path) -> io::Result<CowcryptMount> {
+        Self::mount_with(bin, image, dir, log, None)
+    }
+
+    /// [`CowcryptMount::mount`] with `-o options`, used again by every remount.
+    pub fn mount_with(
+        bin: &Path,
+        image: &Path,
+        dir: &Path,
+        log: &Path,
+        options: Option<&str>,
+    ) -> io::Result<CowcryptMount> {
         fs::create_dir_all(dir)?;
         let mut m = CowcryptMount {
             bin: bin.to_path_buf(),
             image: image.to_path_buf(),
             dir: dir.to_path_buf(),
             log: log.to_path_buf(),
+            options: options.map(str::to_owned),
             daemon: None,
         };
         m.start()?;
@@ -171,9 +185,12 @@ impl CowcryptMount {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.bin)
-            .arg("mount")
-            .arg("-f")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("mount").arg("-f");
+        if let Some(o) = &self.options {
+            cmd.arg("-o").arg(o);
+        }
+        let child = cmd
             .arg(&self.image)
             .arg(&self.dir)
             .stdin(Stdio::null())

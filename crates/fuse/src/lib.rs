@@ -34,6 +34,7 @@ pub fn open_options(opts: &MountOptions) -> cowfs::OpenOptions {
     cowfs::OpenOptions {
         read_only: opts.read_only,
         lookup_counts: true,
+        max_dirty_bytes: opts.dirty_kib << 10,
         ..Default::default()
     }
 }

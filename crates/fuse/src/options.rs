@@ -23,6 +23,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// The kernel's readahead window for the mount, in KiB (set when mounting as root).
     pub readahead_kib: u32,
+    /// File data buffered before it is written, in KiB: half of it starts a flight to the
+    /// flush thread (cowfs's `max_dirty_bytes`).
+    pub dirty_kib: u64,
 }
 
 impl Default for MountOptions {
@@ -34,6 +37,7 @@ impl Default for MountOptions {
             fsname: None,
             threads: default_threads(),
             readahead_kib: DEFAULT_READAHEAD_KIB,
+            dirty_kib: cowfs::OpenOptions::default().max_dirty_bytes >> 10,
         }
     }
 }
@@ -50,6 +54,10 @@ pub const DEFAULT_READAHEAD_KIB: u32 = 8192;
 
 /// Largest `readahead=` accepted: 256 MiB.
 pub const MAX_READAHEAD_KIB: u32 = 256 << 10;
+
+/// `dirty=` accepted: from 16 KiB (four blocks: tests make every write meet a flight with it)
+/// to 4 GiB.
+pub const DIRTY_KIB: std::ops::RangeInclusive<u64> = 16..=(4 << 20);
 
 /// Largest `threads=` accepted: each worker owns a 16 MiB request buffer.
 pub const MAX_THREADS: usize = 64;
@@ -150,6 +158,10 @@ impl MountOptions {
                 Ok(n) if n <= MAX_READAHEAD_KIB => self.readahead_kib = n,
                 _ => return refuse("needs a number of KiB from 0 to 262144"),
             },
+            ("dirty", Some(v)) => match v.parse::<u64>() {
+                Ok(n) if DIRTY_KIB.contains(&n) => self.dirty_kib = n,
+                _ => return refuse("needs a number of KiB from 16 to 4194304"),
+            },
             ("default_permissions", None) => {
                 return refuse("not supported: cowcrypt checks permissions itself");
             }
@@ -193,8 +205,11 @@ mod tests {
         assert!(o.read_only && o.allow_other);
         assert_eq!(o.flags, vec![PassFlag::NoSuid, PassFlag::NoAtime]);
         assert_eq!(o.fsname.as_deref(), Some("img"));
-        let o = MountOptions::parse("ro,rw,suid,nosuid,threads=3,readahead=1024").unwrap();
+        let o = MountOptions::parse("ro,rw,suid,nosuid,threads=3,readahead=1024,dirty=64").unwrap();
         assert_eq!(o.readahead_kib, 1024);
+        assert_eq!(o.dirty_kib, 64);
+        assert_eq!(MountOptions::default().dirty_kib, 64 << 10);
+        assert_eq!(crate::open_options(&o).max_dirty_bytes, 64 << 10);
         assert!(!o.read_only);
         assert_eq!(o.flags, vec![PassFlag::NoSuid]);
         assert_eq!(o.threads, 3);
@@ -210,6 +225,8 @@ mod tests {
             ("threads=x", "1 to 64"),
             ("readahead=262145", "0 to 262144"),
             ("readahead=-1", "0 to 262144"),
+            ("dirty=15", "16 to 4194304"),
+            ("dirty=4194305", "16 to 4194304"),
             ("fsname=", "needs a value"),
             ("ro=1", "'ro=1': unknown option"),
             ("auto_unmount", "not supported"),
