@@ -274,8 +274,7 @@ impl<'a> DataIo<'a> {
         tags: Option<&[u8]>,
     ) -> Result<Vec<u8>> {
         let physical = self.locate(extent, offset_in_extent, len, crypt)?;
-        let mut buf = vec![0u8; len];
-        self.dev.read_at(&mut buf, physical)?;
+        let mut buf = self.dev.read_vec(physical, len)?;
         // Checked (checksums, then tags) before anything is decrypted. In one piece: reads are
         // done outside the filesystem lock, so concurrent requests already keep both cores busy
         // and splitting them measured slower; a flush of written data, done under the lock,
@@ -303,9 +302,7 @@ impl<'a> DataIo<'a> {
     /// relocation, which moves ciphertext without a key.
     pub fn read_raw(&self, extent: u64, offset_in_extent: u64, len: usize) -> Result<Vec<u8>> {
         let physical = self.locate(extent, offset_in_extent, len, None)?;
-        let mut buf = vec![0u8; len];
-        self.dev.read_at(&mut buf, physical)?;
-        Ok(buf)
+        self.dev.read_vec(physical, len)
     }
 
     /// Checks the bytes on the device against `expected` (one checksum per sector), with no key:
