@@ -180,19 +180,24 @@ impl BlockDevice for FileDevice {
     }
 
     /// `pread` into the vector's spare capacity (rustix fills it and sets the length), again
-    /// after a short read, until `len` bytes are in.
+    /// after a short read or a signal, until `len` bytes are in.
     fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         check_range(offset, len, self.size)?;
         let mut buf = Vec::with_capacity(len);
         while buf.len() < len {
             let at = offset + buf.len() as u64;
-            let n = rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at)
-                .map_err(|e| {
-                    Error::io(
-                        format!("read {len} bytes at {offset}"),
-                        std::io::Error::from(e),
-                    )
-                })?;
+            let n =
+                match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                    Ok(n) => n,
+                    // A signal before any byte: nothing was read, ask again (as read_exact_at does).
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        return Err(Error::io(
+                            format!("read {len} bytes at {offset}"),
+                            std::io::Error::from(e),
+                        ));
+                    }
+                };
             if n == 0 {
                 return Err(Error::io(
                     format!("read {len} bytes at {offset}"),
