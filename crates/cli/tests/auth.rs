@@ -13,7 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{ok, run};
+use common::{encrypted_dir, ok, run};
 use cowfs::items::{self, ty};
 use fsx::harness::Scratch;
 use store::{BlockDevice, FileDevice, Key, Store, tree_id};
@@ -71,13 +71,7 @@ fn tampering_is_eio_through_the_mount_and_found_by_scrub() {
     let mut mount = scratch.mount(bin);
     let s = |p: &str| dir.join(p).to_str().unwrap().to_owned();
     let key: Vec<u8> = (1..65).collect();
-    let id = ok(run(bin, &["key", "add", &s("")], Some(&key)));
-    std::fs::create_dir(dir.join("vault")).unwrap();
-    ok(run(
-        bin,
-        &["encrypt", &s("vault"), "--key", &id, "--authenticated"],
-        None,
-    ));
+    let id = encrypted_dir(bin, dir, "vault", &key, &["--authenticated"]);
     let pol = ok(run(bin, &["policy", &s("vault")], None));
     assert!(pol.contains("authenticated"), "{pol}");
     let body: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 253) as u8).collect();

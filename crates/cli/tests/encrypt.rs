@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ok, run};
+use common::{encrypted_dir, ok, run};
 use fsx::harness::{CowcryptMount, Scratch};
 
 fn image_has(image: &Path, needle: &[u8]) -> bool {
@@ -149,9 +149,7 @@ fn write_behind_through_the_mount_loses_nothing() {
     let mut mount = scratch.mount(bin);
     let s = |p: &str| dir.join(p).to_str().unwrap().to_owned();
     let key: Vec<u8> = (1..65).collect();
-    let id = ok(run(bin, &["key", "add", &s("")], Some(&key)));
-    std::fs::create_dir(dir.join("c")).unwrap();
-    ok(run(bin, &["encrypt", &s("c"), "--key", &id], None));
+    encrypted_dir(bin, dir, "c", &key, &[]);
     const SIZE: u64 = 80 << 20;
     const PIECE: u64 = (1 << 20) + 4097;
     let marker = b"WRITE-BEHIND-MARKER-31c9";

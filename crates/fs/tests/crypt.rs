@@ -50,6 +50,22 @@ fn device_has(dev: &std::sync::Arc<dyn store::BlockDevice>, needle: &[u8]) -> bo
     all.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Unmounts `fs`, finds no marker on `dev`, opens it again with `KEY`: `ino` reads `want`, and
+/// the filesystem checks clean.
+fn unmount_then_read_back(
+    fs: Filesystem,
+    dev: std::sync::Arc<dyn store::BlockDevice>,
+    ino: u64,
+    want: &[u8],
+) {
+    fs.unmount().unwrap();
+    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"));
+    let fs = Filesystem::open_device(dev, &opts()).unwrap();
+    fs.add_key(&KEY, &root()).unwrap();
+    assert!(read_all(&fs, ino, &root()).unwrap() == want);
+    assert_clean(&fs);
+}
+
 fn read_all(fs: &Filesystem, ino: u64, c: &Caller) -> cowfs::Result<Vec<u8>> {
     let h = fs.open(ino, OpenFlags(libc::O_RDONLY), c)?;
     let size = fs.getattr(ino)?.size;
@@ -343,12 +359,7 @@ fn a_flush_of_scattered_and_sequential_encrypted_blocks_reads_back() {
     fs.release(f.ino, h).unwrap();
     fs.sync().unwrap();
     assert_eq!(read_all(&fs, f.ino, &c).unwrap(), want);
-    fs.unmount().unwrap();
-    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"));
-    let fs = Filesystem::open_device(dev, &opts()).unwrap();
-    fs.add_key(&KEY, &c).unwrap();
-    assert_eq!(read_all(&fs, f.ino, &c).unwrap(), want);
-    assert_clean(&fs);
+    unmount_then_read_back(fs, dev, f.ino, &want);
 }
 
 /// Write-behind in an encrypted file: with a buffer of a few blocks and a flush thread that
@@ -387,12 +398,7 @@ fn encrypted_writes_meet_their_flights() {
     assert_eq!(fs.key_status(&id, &c).state, KeyPresence::Absent);
     let stats = fs.keyring_stats();
     assert_eq!((stats.pins, stats.derived_live), (0, 0), "{stats:?}");
-    fs.unmount().unwrap();
-    assert!(!device_has(&dev, b"MARKER-cowcrypt-plaintext-"));
-    let fs = Filesystem::open_device(dev, &opts()).unwrap();
-    fs.add_key(&KEY, &c).unwrap();
-    assert_eq!(read_all(&fs, f.ino, &c).unwrap(), want);
-    assert_clean(&fs);
+    unmount_then_read_back(fs, dev, f.ino, &want);
 }
 
 /// 100,000 encrypted extents: no (key, nonce) pair repeats.

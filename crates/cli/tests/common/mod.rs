@@ -26,3 +26,22 @@ pub fn ok(o: Output) -> String {
     assert!(o.status.success(), "{o:?}");
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
+
+/// Adds `key` to the mount on `mnt` and makes `mnt/name` a new directory encrypted with it
+/// (`encrypt_args` added to `cowcrypt encrypt`); returns the key's identifier.
+pub fn encrypted_dir(
+    bin: &Path,
+    mnt: &Path,
+    name: &str,
+    key: &[u8],
+    encrypt_args: &[&str],
+) -> String {
+    let path = |p: &str| mnt.join(p).to_str().unwrap().to_owned();
+    let id = ok(run(bin, &["key", "add", &path("")], Some(key)));
+    std::fs::create_dir(mnt.join(name)).unwrap();
+    let dir = path(name);
+    let mut args = vec!["encrypt", &dir, "--key", &id];
+    args.extend_from_slice(encrypt_args);
+    ok(run(bin, &args, None));
+    id
+}
