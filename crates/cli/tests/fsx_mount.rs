@@ -48,8 +48,9 @@ fn mount_config(seed: u64, ops: u64) -> Config {
     }
 }
 
-/// mkfs, mount, run `cfg` with a real unmount/mount as the remount hook, unmount, fsck clean.
-fn fsx_on_cowcrypt(test: &str, cfg: Config) {
+/// mkfs, mount (with `-o options`), run `cfg` with a real unmount/mount as the remount hook,
+/// unmount, fsck clean.
+fn fsx_on_cowcrypt(test: &str, options: Option<&str>, cfg: Config) {
     if !mount_tests_can_run(test) {
         return;
     }
@@ -66,7 +67,7 @@ fn fsx_on_cowcrypt(test: &str, cfg: Config) {
     let log = tmp.path().join("daemon.log");
 
     CowcryptMount::mkfs(bin, &image, "2G").expect("mkfs");
-    let mut mount = CowcryptMount::mount(bin, &image, &dir, &log).expect("mount");
+    let mut mount = CowcryptMount::mount_with(bin, &image, &dir, &log, options).expect("mount");
     eprintln!(
         "{test}: seed {:#x}, {} ops, {} files up to {} bytes, remount every {}",
         cfg.seed, cfg.ops, cfg.files, cfg.max_file_size, cfg.remount_every
@@ -141,6 +142,7 @@ fn fsx_with_daemon_crashes_on_a_cowcrypt_mount() {
 fn fsx_on_a_cowcrypt_mount_with_remounts_then_fsck_clean() {
     fsx_on_cowcrypt(
         "fsx_on_a_cowcrypt_mount",
+        None,
         Config {
             files: 4,
             max_file_size: 4 << 20,
@@ -152,11 +154,13 @@ fn fsx_on_a_cowcrypt_mount_with_remounts_then_fsck_clean() {
 }
 
 /// Fewer, larger operations on one file of up to 64 MiB (extents split, merged and shared at
-/// scale), remounting every 1,500.
+/// scale), remounting every 1,500. Mounted with `dirty=1024` (KiB): writes of up to 8 MiB keep
+/// sending flights to the flush thread while the next requests arrive.
 #[test]
 fn fsx_large_file_on_a_cowcrypt_mount() {
     fsx_on_cowcrypt(
         "fsx_large_file_on_a_cowcrypt_mount",
+        Some("dirty=1024"),
         Config {
             files: 1,
             max_file_size: 64 << 20,
