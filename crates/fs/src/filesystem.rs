@@ -104,12 +104,25 @@ fn land_or_stop(s: &mut State, written: Result<Vec<crate::data::WrittenExtent>>)
 }
 
 /// Writes flights of buffered data as they come, until the sending side is dropped.
+/// A panic in a flight (a bug) must not leave every other operation waiting for a landing that
+/// never comes: the filesystem stops instead, as after a failed write.
 fn flush_loop(shared: &Shared, flights: mpsc::Receiver<Flight>, delay: Duration) {
     while let Ok(flight) = flights.recv() {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        shared.fly(flight);
+        let flown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.fly(flight)));
+        if flown.is_err() {
+            let mut s = shared.lock_in_flight();
+            s.in_flight.clear();
+            s.flight_active = false;
+            if s.failed.is_none() {
+                eprintln!("cowfs: the flush thread panicked; remount to recover");
+                s.failed = Some("the flush thread panicked".into());
+            }
+            drop(s);
+            shared.landed.notify_all();
+        }
     }
 }
 

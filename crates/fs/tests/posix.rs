@@ -1139,6 +1139,61 @@ fn threads_writing_behind_each_other_lose_nothing() {
     assert_clean(&fs);
 }
 
+/// A device whose writes panic once armed: a bug anywhere under a flight.
+struct PanickingWrites {
+    inner: std::sync::Arc<dyn store::BlockDevice>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl store::BlockDevice for PanickingWrites {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> store::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> store::Result<()> {
+        assert!(
+            !self.armed.load(std::sync::atomic::Ordering::SeqCst),
+            "armed device written"
+        );
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> store::Result<()> {
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+/// A flight that panics stops the filesystem; it does not leave the next operations waiting
+/// for a landing that never comes.
+#[test]
+fn a_panicking_flight_stops_the_filesystem_instead_of_hanging_it() {
+    let dev = std::sync::Arc::new(PanickingWrites {
+        inner: new_dev(64 * MIB),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let o = cowfs::OpenOptions {
+        max_dirty_bytes: 8 * 4096,
+        ..opts()
+    };
+    let fs = std::sync::Arc::new(Filesystem::open_device(dev.clone(), &o).unwrap());
+    let c = root();
+    let (f, h) = fs.create(ROOT_INO, b"f", 0o644, rw(), &c).unwrap();
+    dev.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Five blocks pass half the buffer: the write sends them on a flight, which panics.
+    fs.write(f.ino, h, 0, &pattern(5 * 4096, 1), &c).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fs2 = fs.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(fs2.fsync(f.ino, h, false));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("fsync still waiting for the landing");
+    assert!(matches!(r, Err(cowfs::Error::Stopped(_))), "{r:?}");
+    dev.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
 #[test]
 fn aligned_copy_file_range_shares_extents() {
     let (dev, fs) = new_fs();
