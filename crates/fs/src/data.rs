@@ -952,7 +952,6 @@ impl State {
                 .or_default()
                 .insert(first, first + e.blocks.len() as u64);
         }
-        self.flight_active = !extents.is_empty();
         let flight = Flight {
             store: self.store().clone(),
             extents,
@@ -964,7 +963,6 @@ impl State {
     /// drop the key pins their data held.
     pub(crate) fn land(&mut self, written: Result<Vec<WrittenExtent>>) -> Result<()> {
         let objs: Vec<u64> = self.in_flight.drain().map(|(obj, _)| obj).collect();
-        self.flight_active = false;
         let r = written.and_then(|w| self.map_written(w));
         for obj in objs {
             self.release_idle_pin(obj);

@@ -291,7 +291,7 @@ impl State {
         offset: u64,
         len: u64,
     ) -> Result<bool> {
-        if !self.flight_active || len == 0 {
+        if !self.flight_active() || len == 0 {
             return Ok(false);
         }
         let offset = if self.handle(obj, fh)?.flags.append() {

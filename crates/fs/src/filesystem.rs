@@ -70,7 +70,7 @@ impl Shared {
 
     fn wait_landed<'a>(&self, s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         self.landed
-            .wait_while(s, |s| s.flight_active)
+            .wait_while(s, |s| s.flight_active())
             .unwrap_or_else(|p| p.into_inner())
     }
 
@@ -115,7 +115,6 @@ fn flush_loop(shared: &Shared, flights: mpsc::Receiver<Flight>, delay: Duration)
         if flown.is_err() {
             let mut s = shared.lock_in_flight();
             s.in_flight.clear();
-            s.flight_active = false;
             if s.failed.is_none() {
                 eprintln!("cowfs: the flush thread panicked; remount to recover");
                 s.failed = Some("the flush thread panicked".into());
@@ -376,7 +375,7 @@ impl Filesystem {
             }
             // With a flight up, the landing commits instead.
             Ok(_)
-                if !s.flight_active
+                if !s.flight_active()
                     && s.changes - s.committed_changes > MAX_UNCOMMITTED_CHANGES =>
             {
                 if let Err(e) = s.commit() {
@@ -549,7 +548,7 @@ impl Filesystem {
         }
         let n = self.op_in(&mut s, |s| s.write(obj, fh, offset, data, c))?;
         let max = s.opts.max_dirty_bytes;
-        if s.dirty_bytes > max / 2 && (!s.flight_active || s.dirty_bytes > max) {
+        if s.dirty_bytes > max / 2 && (!s.flight_active() || s.dirty_bytes > max) {
             s = self.shared.wait_landed(s);
             self.launch(&mut s)?;
         }

@@ -98,10 +98,9 @@ pub(crate) struct State {
     pub dirty: BTreeMap<u64, BTreeMap<u64, Box<[u8]>>>,
     pub dirty_bytes: u64,
     /// Runs of blocks in the flight up now (write-behind): object id -> first block -> end
-    /// block. Their data is neither buffered nor mapped until the flight lands.
+    /// block. Their data is neither buffered nor mapped until the flight lands; while any is
+    /// up ([`State::flight_active`]) nothing may commit, read file data or change a mapping.
     pub in_flight: HashMap<u64, BTreeMap<u64, u64>>,
-    /// A flight is up: nothing may commit, read file data or change a mapping until it lands.
-    pub flight_active: bool,
     /// Deleted subvolumes whose blocks are still being released in the background.
     pub drops_pending: bool,
     /// The filesystem's master keys (shared with [`crate::Filesystem`]).
@@ -147,7 +146,6 @@ impl State {
             dirty: BTreeMap::new(),
             dirty_bytes: 0,
             in_flight: HashMap::new(),
-            flight_active: false,
             drops_pending: false,
             keyring: Arc::new(fscrypt::keyring::Keyring::default()),
             crypt: HashMap::new(),
@@ -322,11 +320,16 @@ impl State {
         Ok(st.metadata.free < st.metadata_reserve + 64 * node)
     }
 
+    /// Whether a flight of buffered data is up (taken, not yet landed).
+    pub fn flight_active(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
     /// A commit while a flight is up would write extents allocated for no file, and a flush
     /// could map data older than the flight's after it: the lock's users wait for the landing,
     /// and this refuses what slipped past them.
     fn check_landed(&self) -> Result<()> {
-        if self.flight_active {
+        if self.flight_active() {
             return Err(Error::Invalid("commit with buffered data in flight"));
         }
         Ok(())

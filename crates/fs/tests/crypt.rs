@@ -370,12 +370,7 @@ fn a_flush_of_scattered_and_sequential_encrypted_blocks_reads_back() {
 #[test]
 fn encrypted_writes_meet_their_flights() {
     let dev = new_dev(64 * MIB);
-    let o = cowfs::OpenOptions {
-        max_dirty_bytes: 8 * 4096,
-        flight_delay: std::time::Duration::from_millis(1),
-        ..opts()
-    };
-    let fs = Filesystem::open_device(dev.clone(), &o).unwrap();
+    let fs = Filesystem::open_device(dev.clone(), &write_behind_opts(8, 1)).unwrap();
     let c = root();
     let (id, d) = encrypted_dir(&fs, b"d", &c);
     let (f, h) = fs.create(d.ino, b"f", 0o644, rw(), &c).unwrap();

@@ -282,11 +282,6 @@ proptest! {
     /// truncates, punches and renames that wait for the landing).
     #[test]
     fn filesystem_matches_model_with_write_behind(ops in proptest::collection::vec(op(), 1..80)) {
-        let o = cowfs::OpenOptions {
-            max_dirty_bytes: 4 * 4096,
-            flight_delay: std::time::Duration::from_millis(2),
-            ..opts()
-        };
-        run(&ops, &o)?;
+        run(&ops, &write_behind_opts(4, 2))?;
     }
 }

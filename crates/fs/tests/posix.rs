@@ -1064,12 +1064,9 @@ fn threads_share_one_filesystem() {
 #[test]
 fn threads_writing_behind_each_other_lose_nothing() {
     let dev = new_dev(64 * MIB);
-    let o = cowfs::OpenOptions {
-        max_dirty_bytes: 6 * 4096,
-        flight_delay: std::time::Duration::from_millis(1),
-        ..opts()
-    };
-    let fs = std::sync::Arc::new(Filesystem::open_device(dev.clone(), &o).unwrap());
+    let fs = std::sync::Arc::new(
+        Filesystem::open_device(dev.clone(), &write_behind_opts(6, 1)).unwrap(),
+    );
     let workers: Vec<_> = (0..4u8)
         .map(|t| {
             let fs = fs.clone();
@@ -1172,11 +1169,9 @@ fn a_panicking_flight_stops_the_filesystem_instead_of_hanging_it() {
         inner: new_dev(64 * MIB),
         armed: std::sync::atomic::AtomicBool::new(false),
     });
-    let o = cowfs::OpenOptions {
-        max_dirty_bytes: 8 * 4096,
-        ..opts()
-    };
-    let fs = std::sync::Arc::new(Filesystem::open_device(dev.clone(), &o).unwrap());
+    let fs = std::sync::Arc::new(
+        Filesystem::open_device(dev.clone(), &write_behind_opts(8, 0)).unwrap(),
+    );
     let c = root();
     let (f, h) = fs.create(ROOT_INO, b"f", 0o644, rw(), &c).unwrap();
     dev.armed.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -15,6 +15,16 @@ pub fn opts() -> OpenOptions {
     }
 }
 
+/// [`opts`] with a buffer of `blocks` 4 KiB blocks and every flight held back `delay_ms`: the
+/// operations after a write meet its write-behind flight in the air.
+pub fn write_behind_opts(blocks: u64, delay_ms: u64) -> OpenOptions {
+    OpenOptions {
+        max_dirty_bytes: blocks * 4096,
+        flight_delay: std::time::Duration::from_millis(delay_ms),
+        ..opts()
+    }
+}
+
 pub fn new_dev(size: usize) -> Arc<dyn BlockDevice> {
     let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(size));
     Filesystem::mkfs(dev.clone(), &MkfsOptions::default()).unwrap();
