@@ -55,10 +55,10 @@ impl ReadPiece {
         ReadPiece::Bytes(vec![0; len as usize])
     }
 
-    /// Appends the piece's plaintext to `out`: checksums verified, then MACs, then decrypted.
-    fn append_to(&self, io: &store::DataIo<'_>, out: &mut Vec<u8>) -> Result<()> {
+    /// The piece's plaintext: checksums verified, then MACs, then decrypted.
+    fn read(&self, io: &store::DataIo<'_>) -> Result<store::ReadBuf> {
         match self {
-            ReadPiece::Bytes(b) => out.extend_from_slice(b),
+            ReadPiece::Bytes(b) => Ok(store::ReadBuf::from_vec(b.clone())),
             ReadPiece::Extent {
                 bytenr,
                 offset,
@@ -69,16 +69,26 @@ impl ReadPiece {
                 ..
             } => {
                 let cipher = crypt.as_ref().map(crate::crypt::ExtentCipher);
-                let data = io.read(
+                Ok(io.read(
                     *bytenr,
                     *offset,
                     *len,
                     cipher.as_ref().map(|c| c as &dyn store::DataCrypt),
                     Some(sums),
                     macs.as_deref(),
-                )?;
+                )?)
+            }
+        }
+    }
+
+    /// Appends the piece's plaintext to `out` (see [`ReadPiece::read`]).
+    fn append_to(&self, io: &store::DataIo<'_>, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            ReadPiece::Bytes(b) => out.extend_from_slice(b),
+            ReadPiece::Extent { .. } => {
+                let data = self.read(io)?;
                 if out.is_empty() {
-                    *out = data;
+                    *out = data.into_vec();
                 } else {
                     out.extend_from_slice(&data);
                 }
@@ -119,13 +129,21 @@ impl PlannedRead {
 
     /// The bytes asked for. Any failure is for the caller to confirm under the lock (where it
     /// is logged and answered): a damaged or tampered extent fails there too.
-    pub(crate) fn execute(self) -> Result<Vec<u8>> {
+    /// A read inside one extent (the usual large read) is answered in the memory the device
+    /// read it into, decrypted in place, with no further copy.
+    pub(crate) fn execute(self) -> Result<store::ReadBuf> {
         let io = self.store.data_io()?;
-        let mut out = Vec::new();
-        for p in &self.pieces {
-            p.append_to(&io, &mut out)?;
-        }
-        Ok(window(out, self.skip, self.len))
+        let blocks = match &self.pieces[..] {
+            [one] => one.read(&io)?,
+            pieces => {
+                let mut out = Vec::new();
+                for p in pieces {
+                    p.append_to(&io, &mut out)?;
+                }
+                store::ReadBuf::from_vec(out)
+            }
+        };
+        Ok(blocks.window(self.skip, self.len))
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use store::{BlockDevice, DataRefs, FileDevice, ItemDataRef, Key, ResizeReport, Store};
+use store::{BlockDevice, DataRefs, FileDevice, ItemDataRef, Key, ReadBuf, ResizeReport, Store};
 
 use crate::balance::BalanceReport;
 use crate::check::FsckReport;
@@ -509,11 +509,18 @@ impl Filesystem {
     }
 
     pub fn read(&self, ino: Ino, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.read_buf(ino, fh, offset, size)
+            .map(store::ReadBuf::into_vec)
+    }
+
+    /// [`Filesystem::read`] into the memory the device read into: a large read inside one
+    /// extent comes back with no copy after the device's (what the FUSE adapter replies from).
+    pub fn read_buf(&self, ino: Ino, fh: Fh, offset: u64, size: u32) -> Result<ReadBuf> {
         let obj = objectid(ino)?;
         // Planned under the lock, the device work done without it, so concurrent requests
         // (readahead) overlap.
         match self.op(|s| s.start_read(obj, fh, offset, size))? {
-            crate::file::ReadStart::Done(data) => Ok(data),
+            crate::file::ReadStart::Done(data) => Ok(ReadBuf::from_vec(data)),
             crate::file::ReadStart::Planned(plan) => match plan.execute() {
                 Ok(data) => Ok(data),
                 // Answered (and a damaged or tampered extent logged) by the same read under
@@ -522,6 +529,7 @@ impl Filesystem {
                     self.read_retries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.op(|s| s.read(obj, fh, offset, size))
+                        .map(ReadBuf::from_vec)
                 }
             },
         }

@@ -56,7 +56,7 @@ pub use filesystem::Filesystem;
 pub use inspect::{EntryInfo, ExtentInfo, InodeInfo, Inspection, SubvolumeInfo};
 pub use keys::{KeyPresence, KeyRemoval, KeyStatusReport};
 pub use scrub::ScrubReport;
-pub use store::ResizeReport;
+pub use store::{ReadBuf, ResizeReport};
 pub use subvol::{SubvolumeEntry, SubvolumeList};
 pub use types::{
     Attr, Caller, DirEntry, FallocMode, Fh, FileKind, Ino, MkfsOptions, NAME_MAX, OpenFlags,

@@ -102,7 +102,8 @@ fn get_unit(store: &Store, bytenr: u64, unit: usize) -> RawUnit {
         .data_io()
         .unwrap()
         .read_raw(bytenr, (unit * UNIT) as u64, UNIT)
-        .unwrap();
+        .unwrap()
+        .into_vec();
     let r = store.read();
     let (k, i) = csum_key(bytenr, unit);
     let crc = items::decode_csums(&k, &r.get(tree_id::CSUM_TREE, &k).unwrap().unwrap()).unwrap()[i];

@@ -22,6 +22,7 @@ use crate::checksum::checksum;
 use crate::chunk::ChunkMap;
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
+use crate::read_buf::ReadBuf;
 
 /// The largest single request, so a hostile length in an extent item cannot make a read allocate
 /// without bound. Extents are never larger than this.
@@ -272,9 +273,9 @@ impl<'a> DataIo<'a> {
         crypt: Option<&dyn DataCrypt>,
         expected: Option<&[u32]>,
         tags: Option<&[u8]>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<ReadBuf> {
         let physical = self.locate(extent, offset_in_extent, len, crypt)?;
-        let mut buf = self.dev.read_vec(physical, len)?;
+        let mut buf = self.dev.read_buf(physical, len)?;
         // Checked (checksums, then tags) before anything is decrypted. In one piece: reads are
         // done outside the filesystem lock, so concurrent requests already keep both cores busy
         // and splitting them measured slower; a flush of written data, done under the lock,
@@ -300,9 +301,9 @@ impl<'a> DataIo<'a> {
 
     /// Reads the bytes exactly as on the device (ciphertext when encrypted), unverified: for
     /// relocation, which moves ciphertext without a key.
-    pub fn read_raw(&self, extent: u64, offset_in_extent: u64, len: usize) -> Result<Vec<u8>> {
+    pub fn read_raw(&self, extent: u64, offset_in_extent: u64, len: usize) -> Result<ReadBuf> {
         let physical = self.locate(extent, offset_in_extent, len, None)?;
-        self.dev.read_vec(physical, len)
+        self.dev.read_buf(physical, len)
     }
 
     /// Checks the bytes on the device against `expected` (one checksum per sector), with no key:

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use crate::error::{Error, Result};
+use crate::read_buf::{PAGE, ReadBuf};
 
 /// A byte-addressed device with an explicit durability barrier.
 pub trait BlockDevice: Send + Sync {
@@ -34,13 +35,14 @@ pub trait BlockDevice: Send + Sync {
         }
         Ok(())
     }
-    /// Reads `len` bytes at `offset` into a new vector. The default zero-fills one and reads
-    /// into it; a device that can read into uninitialized memory skips the zeroing (a cold read
-    /// spent 5% of the daemon's time in it).
-    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+    /// Reads `len` bytes at `offset` into new memory. The default zero-fills a vector and
+    /// reads into it; a device that can read into uninitialized memory skips the zeroing (a
+    /// cold read spent 5% of the daemon's time in it), and one that can read around a cache
+    /// returns its page-aligned memory.
+    fn read_buf(&self, offset: u64, len: usize) -> Result<ReadBuf> {
         let mut buf = vec![0u8; len];
         self.read_at(&mut buf, offset)?;
-        Ok(buf)
+        Ok(ReadBuf::from_vec(buf))
     }
     /// A hint: `len` bytes written at `offset` will have to be durable at the next
     /// [`BlockDevice::flush`], so the device may start writing them back now, without waiting.
@@ -66,8 +68,8 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     fn start_writeback(&self, offset: u64, len: u64) -> Result<()> {
         (**self).start_writeback(offset, len)
     }
-    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        (**self).read_vec(offset, len)
+    fn read_buf(&self, offset: u64, len: usize) -> Result<ReadBuf> {
+        (**self).read_buf(offset, len)
     }
     fn size(&self) -> u64 {
         (**self).size()
@@ -90,8 +92,8 @@ impl<T: BlockDevice + ?Sized> BlockDevice for &T {
     fn start_writeback(&self, offset: u64, len: u64) -> Result<()> {
         (**self).start_writeback(offset, len)
     }
-    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        (**self).read_vec(offset, len)
+    fn read_buf(&self, offset: u64, len: usize) -> Result<ReadBuf> {
+        (**self).read_buf(offset, len)
     }
     fn size(&self) -> u64 {
         (**self).size()
@@ -112,10 +114,23 @@ fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
 /// The most pieces one `pwritev` takes (Linux's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
+/// Reads at least this large (and page-aligned) bypass the host's page cache: a cold
+/// sequential read through the mount then crosses memory once less, and several in flight read
+/// the disk faster than buffered reads do (bench/RESULTS.md, run 24). Smaller reads stay
+/// buffered, where a repeated small read finds the host's cache.
+pub const DIRECT_READ_MIN: usize = 128 << 10;
+
 /// An image file or a raw block device node.
 #[derive(Debug)]
 pub struct FileDevice {
     file: File,
+    /// The same file opened with `O_DIRECT`, for large reads; `None` where the host's
+    /// filesystem refuses it. Linux keeps such reads coherent with buffered writes: it writes
+    /// back any dirty cached page of the range before reading it.
+    direct: Option<File>,
+    /// Cleared when the host refuses a direct read (an alignment it needs larger than a
+    /// page): reads are buffered from then on.
+    direct_works: std::sync::atomic::AtomicBool,
     size: u64,
     /// Held across each write: Linux serializes buffered writes to one file on its inode lock
     /// anyway, and waiting here sleeps where waiting there spins (a flush writes extents from
@@ -135,11 +150,7 @@ impl FileDevice {
             .map_err(|e| Error::io(format!("create image {}", path.display()), e))?;
         file.set_len(size)
             .map_err(|e| Error::io(format!("size image {}", path.display()), e))?;
-        Ok(FileDevice {
-            file,
-            size,
-            writing: std::sync::Mutex::new(()),
-        })
+        Ok(FileDevice::new(file, size))
     }
 
     /// Opens an existing image file or block device. The size of a block device is found by
@@ -154,15 +165,59 @@ impl FileDevice {
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(|e| Error::io(format!("size of {}", path.display()), e))?;
-        Ok(FileDevice {
-            file,
-            size,
-            writing: std::sync::Mutex::new(()),
-        })
+        Ok(FileDevice::new(file, size))
     }
 }
 
 impl FileDevice {
+    fn new(file: File, size: u64) -> Self {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opened again through the open file itself, not its path, so both are one file even
+        // if the path changed meanwhile.
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .ok();
+        FileDevice {
+            file,
+            direct_works: std::sync::atomic::AtomicBool::new(direct.is_some()),
+            direct,
+            size,
+            writing: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether large reads bypass the host's page cache.
+    pub fn reads_direct(&self) -> bool {
+        self.direct_works.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A direct read of `len` bytes at `offset`, when it is large and aligned enough and the
+    /// host takes it; `None` to read through the cache instead.
+    fn read_direct(&self, offset: u64, len: usize) -> Option<Result<ReadBuf>> {
+        let direct = self.direct.as_ref()?;
+        if len < DIRECT_READ_MIN
+            || !len.is_multiple_of(PAGE)
+            || !offset.is_multiple_of(PAGE as u64)
+            || !self.reads_direct()
+        {
+            return None;
+        }
+        match ReadBuf::pread_aligned(direct, offset, len) {
+            Ok(buf) => Some(Ok(buf)),
+            // The host wants a larger alignment (or, after a short read, got an unaligned
+            // offset): buffered reads always work.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.direct_works
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            Err(e) => Some(Err(Error::io(format!("read {len} bytes at {offset}"), e))),
+        }
+    }
+
     /// Writes all of `buf` at `offset`; the caller holds `writing`.
     fn write_all_locked(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.file
@@ -179,10 +234,14 @@ impl BlockDevice for FileDevice {
             .map_err(|e| Error::io(format!("read {} bytes at {offset}", buf.len()), e))
     }
 
-    /// `pread` into the vector's spare capacity (rustix fills it and sets the length), again
-    /// after a short read or a signal, until `len` bytes are in.
-    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+    /// Large aligned reads bypass the page cache ([`DIRECT_READ_MIN`]); the rest `pread` into a
+    /// vector's spare capacity (rustix fills it and sets the length), again after a short read
+    /// or a signal, until `len` bytes are in.
+    fn read_buf(&self, offset: u64, len: usize) -> Result<ReadBuf> {
         check_range(offset, len, self.size)?;
+        if let Some(read) = self.read_direct(offset, len) {
+            return read;
+        }
         let mut buf = Vec::with_capacity(len);
         while buf.len() < len {
             let at = offset + buf.len() as u64;
@@ -205,7 +264,7 @@ impl BlockDevice for FileDevice {
                 ));
             }
         }
-        Ok(buf)
+        Ok(ReadBuf::from_vec(buf))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
@@ -417,27 +476,61 @@ mod tests {
         }
     }
 
-    /// A file device reads into a new vector what `read_at` reads (up to the end, and nothing
+    /// A file device reads into new memory what `read_at` reads (up to the end, and nothing
     /// past it), and so does the default on memory.
     #[test]
-    fn reads_into_new_vectors_match_reads_into_buffers() {
+    fn reads_into_new_memory_match_reads_into_buffers() {
         let dir = tempfile::tempdir().unwrap();
         let file = FileDevice::create(&dir.path().join("img"), 4 << 20).unwrap();
         let mem = MemDevice::new(4 << 20);
         let data: Vec<u8> = (0..(3 << 20) + 512).map(|i| (i % 253) as u8).collect();
         for dev in [&file as &dyn BlockDevice, &mem] {
             dev.write_at(&data, (1 << 20) - 512).unwrap();
-            let got = dev.read_vec((1 << 20) - 512, data.len()).unwrap();
+            let got = dev.read_buf((1 << 20) - 512, data.len()).unwrap();
             assert!(got == data);
             let mut buf = vec![0u8; 4096];
             dev.read_at(&mut buf, 4 << 19).unwrap();
-            assert_eq!(dev.read_vec(4 << 19, 4096).unwrap(), buf);
-            assert!(dev.read_vec(0, 0).unwrap().is_empty());
+            assert_eq!(dev.read_buf(4 << 19, 4096).unwrap(), buf);
+            assert!(dev.read_buf(0, 0).unwrap().is_empty());
             assert!(matches!(
-                dev.read_vec((4 << 20) - 4096, 8192),
+                dev.read_buf((4 << 20) - 4096, 8192),
                 Err(Error::OutOfRange { .. })
             ));
         }
+    }
+
+    /// Large aligned reads bypass the page cache and still see writes not yet written back
+    /// (nor flushed); small or unaligned ones read through it.
+    #[test]
+    fn large_aligned_reads_bypass_the_cache_and_see_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = FileDevice::create(&dir.path().join("img"), 8 << 20).unwrap();
+        if std::env::var_os("CI").is_some() {
+            assert!(
+                dev.reads_direct(),
+                "the test directory's filesystem refuses O_DIRECT"
+            );
+        }
+        let mut data: Vec<u8> = (0..(2 << 20)).map(|i| (i % 251) as u8).collect();
+        dev.write_at(&data, 1 << 20).unwrap();
+        let got = dev.read_buf(1 << 20, data.len()).unwrap();
+        assert_eq!(got.is_page_aligned(), dev.reads_direct());
+        assert!(got == data);
+        // Overwritten in the cache only: the direct read must see the new bytes.
+        dev.write_at(&[0xee; 4096], (1 << 20) + 8192).unwrap();
+        let again = dev.read_buf(1 << 20, DIRECT_READ_MIN).unwrap();
+        assert_eq!(again[8192..8192 + 4096], [0xee; 4096]);
+        data[8192..8192 + 4096].fill(0xee);
+        assert!(again == data[..DIRECT_READ_MIN]);
+        let small = dev.read_buf(1 << 20, DIRECT_READ_MIN - 4096).unwrap();
+        assert!(!small.is_page_aligned());
+        let unaligned = dev.read_buf((1 << 20) + 512, DIRECT_READ_MIN).unwrap();
+        assert!(!unaligned.is_page_aligned());
+        assert_eq!(unaligned[..], data[512..512 + DIRECT_READ_MIN]);
+        assert!(matches!(
+            dev.read_buf((8 << 20) - DIRECT_READ_MIN as u64, 2 * DIRECT_READ_MIN),
+            Err(Error::OutOfRange { .. })
+        ));
     }
 
     /// The hint is taken for a range of the file (and changes no byte), refused past its end.

@@ -4,8 +4,8 @@
 //! The store knows nothing of files, names or keys. Data it is asked to encrypt goes through one
 //! I/O path that takes an optional crypt context supplied by the
 //! layer above, the way blk-crypto serves Linux filesystems.
-// One call needs `unsafe`: `sync_file_range` (FileDevice::start_writeback), which rustix does
-// not wrap; it is allowed there alone.
+// `unsafe` is allowed in two places alone: `sync_file_range` (FileDevice::start_writeback),
+// which rustix does not wrap, and the page-aligned memory `O_DIRECT` reads need (read_buf).
 #![deny(unsafe_code)]
 
 pub mod alloc;
@@ -19,6 +19,7 @@ pub mod device;
 pub mod error;
 pub mod key;
 pub mod node;
+pub mod read_buf;
 pub mod superblock;
 pub mod txn;
 
@@ -28,6 +29,7 @@ pub use data_io::{CryptError, DataCrypt, DataIo, Written};
 pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use error::{Error, Result};
 pub use key::{Key, item_type, objectid, tree_id};
+pub use read_buf::ReadBuf;
 pub use superblock::{Superblock, TreeRoot, read_superblock, write_superblocks};
 pub use txn::{
     CheckReport, DataExtent, DataRefOwner, DataRefs, DropProgress, ItemDataRef, MkfsOptions,
