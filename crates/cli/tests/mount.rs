@@ -969,6 +969,26 @@ fn a_killed_daemon_leaves_the_last_commit() {
     drop(m);
 }
 
+/// The mount asked the kernel for 64 background requests (threshold 48), as read through the
+/// FUSE control filesystem (mounted here when it is not yet).
+fn assert_background_queue(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let control = Path::new("/sys/fs/fuse/connections");
+    let dev = fs::metadata(dir).unwrap().dev();
+    let conn = control.join(libc::minor(dev).to_string());
+    if !conn.exists() {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(control)
+            .status()
+            .expect("run mount");
+        assert!(st.success() && conn.exists(), "no FUSE control filesystem");
+    }
+    let read = |name: &str| fs::read_to_string(conn.join(name)).unwrap().trim().to_owned();
+    assert_eq!(read("max_background"), "64");
+    assert_eq!(read("congestion_threshold"), "48");
+}
+
 #[test]
 fn the_readahead_window_is_set_on_the_mount() {
     if !can_mount(&[]) {
@@ -987,6 +1007,7 @@ fn the_readahead_window_is_set_on_the_mount() {
     let s = scratch("64M");
     let m = mount(&s, &[]);
     assert_eq!(window(&s.dir), "8192", "the default");
+    assert_background_queue(&s.dir);
     m.unmount_with(&["umount"]);
     let m = mount(&s, &["readahead=512"]);
     assert_eq!(window(&s.dir), "512");
