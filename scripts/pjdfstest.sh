@@ -2,8 +2,11 @@
 # Runs pjdfstest (the Rust rewrite, crate `pjdfstest` 0.2.2) against a fresh cowcrypt mount and,
 # with --fs both or --fs ext4, against an ext4 loop image for comparison.
 #
-#   scripts/pjdfstest.sh [--fs cowcrypt|ext4|both] [--results DIR] [--known FILE] [PATTERN...]
+#   scripts/pjdfstest.sh [--fs cowcrypt|ext4|both] [--results DIR] [--known FILE]
+#                        [--mount-opts OPTS] [PATTERN...]
 #
+# --mount-opts adds cowcrypt mount options (for example dirty=16, so that nearly every write
+# meets a write-behind flight).
 # For each filesystem it writes DIR/<fs>.log (pjdfstest's output) and DIR/<fs>.results (one
 # "STATUS NAME" line per test case, STATUS one of ok, FAILED, skipped) and prints a summary.
 # For cowcrypt it then compares the failures with tests/pjdfstest-known-failures.txt and exits 1
@@ -25,11 +28,13 @@ FS=cowcrypt
 RESULTS=
 KNOWN=$ROOT/tests/pjdfstest-known-failures.txt
 PATTERNS=()
+EXTRA_OPTS=
 while [ $# -gt 0 ]; do
     case $1 in
         --fs) FS=$2; shift 2 ;;
         --results) RESULTS=$2; shift 2 ;;
         --known) KNOWN=$2; shift 2 ;;
+        --mount-opts) EXTRA_OPTS=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 0 ;;
         *) PATTERNS+=("$1"); shift ;;
     esac
@@ -160,7 +165,7 @@ if [ "$FS" = cowcrypt ] || [ "$FS" = both ]; then
     BIN=$(find_cowcrypt "$ROOT")
     "$BIN" mkfs "$WORK/cowcrypt.img" --size 2G >"$RESULTS/cowcrypt-mkfs.log" 2>&1
     # allow_other: pjdfstest runs cases as "nobody" and "tests"; suid and dev as ext4 has them.
-    COWCRYPT_MOUNT_OPTS=allow_other,suid,dev \
+    COWCRYPT_MOUNT_OPTS=allow_other,suid,dev${EXTRA_OPTS:+,$EXTRA_OPTS} \
         mnt_cowcrypt "$BIN" "$WORK/cowcrypt.img" "$WORK/cowcrypt" "$RESULTS/cowcrypt-daemon.log"
     run_pjdfstest cowcrypt "$WORK/cowcrypt" || status=1
     umount_one "$WORK/cowcrypt"

@@ -153,6 +153,24 @@ fn fsx_on_a_cowcrypt_mount_with_remounts_then_fsck_clean() {
     );
 }
 
+/// 6,000 operations on 3 files of up to 1 MiB, remounting every 2,000, mounted with `dirty=16`
+/// (KiB, the least): nearly every write sends a flight, and reads, truncates, holes and
+/// remounts meet it on its way.
+#[test]
+fn fsx_with_every_write_behind_a_flight_on_a_cowcrypt_mount() {
+    fsx_on_cowcrypt(
+        "fsx_with_dirty_16",
+        Some("dirty=16"),
+        Config {
+            files: 3,
+            max_file_size: 1 << 20,
+            max_op_len: 128 << 10,
+            remount_every: 2_000,
+            ..mount_config(0x0d1e_7716, 6_000)
+        },
+    );
+}
+
 /// Fewer, larger operations on one file of up to 64 MiB (extents split, merged and shared at
 /// scale), remounting every 1,500. Mounted with `dirty=1024` (KiB): writes of up to 8 MiB keep
 /// sending flights to the flush thread while the next requests arrive.
