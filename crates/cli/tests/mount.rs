@@ -984,7 +984,12 @@ fn assert_background_queue(dir: &Path) {
             .expect("run mount");
         assert!(st.success() && conn.exists(), "no FUSE control filesystem");
     }
-    let read = |name: &str| fs::read_to_string(conn.join(name)).unwrap().trim().to_owned();
+    let read = |name: &str| {
+        fs::read_to_string(conn.join(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
     assert_eq!(read("max_background"), "64");
     assert_eq!(read("congestion_threshold"), "48");
 }

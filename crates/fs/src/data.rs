@@ -1301,7 +1301,12 @@ mod tests {
         let free = s.txn().unwrap().stats().data.free;
         // A committed file over all but 1 MiB of the free data space, truncated: its space
         // stays pinned until the next commit.
-        buffer(&mut s, big, ((free - (1 << 20)) / BLOCK * BLOCK) as usize, 1);
+        buffer(
+            &mut s,
+            big,
+            ((free - (1 << 20)) / BLOCK * BLOCK) as usize,
+            1,
+        );
         s.flush_data(big).unwrap();
         s.commit().unwrap();
         let mut it = s.inode(big).unwrap();
@@ -1317,9 +1322,15 @@ mod tests {
             inode: local(big),
             offset: 0,
         };
-        s.txn().unwrap().alloc_data_extent(512 << 10, owner).unwrap();
+        s.txn()
+            .unwrap()
+            .alloc_data_extent(512 << 10, owner)
+            .unwrap();
         let st = s.txn().unwrap().stats().data;
-        assert!(st.free >= 256 << 10 && st.free < 768 << 10 && st.pinned > 0, "{st:?}");
+        assert!(
+            st.free >= 256 << 10 && st.free < 768 << 10 && st.pinned > 0,
+            "{st:?}"
+        );
 
         let committed = s.committed_changes;
         let (flight, r) = s.take_flight();
@@ -1327,7 +1338,10 @@ mod tests {
         assert!(!flight.is_empty());
         assert!(flight.extents.iter().all(|e| e.obj == small));
         assert!(s.dirty.contains_key(&large) && !s.dirty.contains_key(&small));
-        assert_eq!(s.committed_changes, committed, "no commit with a flight taken");
+        assert_eq!(
+            s.committed_changes, committed,
+            "no commit with a flight taken"
+        );
         s.land(flight.write()).unwrap();
 
         let (flight, r) = s.take_flight();

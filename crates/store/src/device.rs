@@ -115,9 +115,10 @@ fn check_range(offset: u64, len: usize, size: u64) -> Result<()> {
 const IOV_MAX: usize = 1024;
 
 /// Reads at least this large (and page-aligned) bypass the host's page cache: a cold
-/// sequential read through the mount then crosses memory once less, and several in flight read
-/// the disk faster than buffered reads do (bench/RESULTS.md, run 24). Smaller reads stay
-/// buffered, where a repeated small read finds the host's cache.
+/// sequential read through the mount then crosses memory once less, the daemon spends less CPU
+/// per byte, and the host does not cache the ciphertext beside the plaintext FUSE caches
+/// (bench/RESULTS.md, run 24). Smaller reads stay buffered, where a repeated small read finds
+/// the host's cache.
 pub const DIRECT_READ_MIN: usize = 128 << 10;
 
 /// An image file or a raw block device node.
