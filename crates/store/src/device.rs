@@ -534,6 +534,58 @@ mod tests {
         ));
     }
 
+    /// Set in the child process of `a_short_vectored_write_is_finished_or_reported`.
+    const SHORT_WRITE_CHILD: &str = "COWCRYPT_SHORT_WRITE_CHILD";
+
+    /// A `pwritev` cut short (here by the file size limit, as a full disk would) goes on piece
+    /// by piece from where it stopped: the bytes before the limit land, and the write past it
+    /// is reported, never taken for done. Runs in a child process, since the limit holds for a
+    /// whole process.
+    #[test]
+    fn a_short_vectored_write_is_finished_or_reported() {
+        if std::env::var_os(SHORT_WRITE_CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "device::tests::a_short_vectored_write_is_finished_or_reported",
+                    "--nocapture",
+                ])
+                .env(SHORT_WRITE_CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "child: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dev = FileDevice::create(&dir.path().join("img"), 1 << 20).unwrap();
+        let limit = libc::rlimit {
+            rlim_cur: 64 << 10,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: plain calls on this process with a valid struct; SIGXFSZ ignored so that a
+        // write past the limit fails with EFBIG instead of killing the process.
+        unsafe {
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
+        let (a, b) = (vec![0xaa; 16 << 10], vec![0xbb; 48 << 10]);
+        let err = dev.write_vectored_at(&[&a, &b], 32 << 10).unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EFBIG)),
+            "{err:?}"
+        );
+        let mut back = vec![0u8; 32 << 10];
+        dev.read_at(&mut back, 32 << 10).unwrap();
+        assert_eq!(back[..16 << 10], a[..]);
+        assert_eq!(back[16 << 10..], b[..16 << 10]);
+    }
+
     /// The hint is taken for a range of the file (and changes no byte), refused past its end.
     #[test]
     fn file_devices_start_writeback_of_a_range() {
