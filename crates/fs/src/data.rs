@@ -129,6 +129,7 @@ impl PlannedRead {
 
     /// The bytes asked for. Any failure is for the caller to confirm under the lock (where it
     /// is logged and answered): a damaged or tampered extent fails there too.
+    ///
     /// A read inside one extent (the usual large read) is answered in the memory the device
     /// read it into, decrypted in place, with no further copy.
     pub(crate) fn execute(self) -> Result<store::ReadBuf> {

@@ -10,6 +10,7 @@ use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 use crate::read_buf::{PAGE, ReadBuf};
@@ -131,7 +132,7 @@ pub struct FileDevice {
     direct: Option<File>,
     /// Cleared when the host refuses a direct read (an alignment it needs larger than a
     /// page): reads are buffered from then on.
-    direct_works: std::sync::atomic::AtomicBool,
+    direct_works: AtomicBool,
     size: u64,
     /// Held across each write: Linux serializes buffered writes to one file on its inode lock
     /// anyway, and waiting here sleeps where waiting there spins (a flush writes extents from
@@ -168,9 +169,7 @@ impl FileDevice {
             .map_err(|e| Error::io(format!("size of {}", path.display()), e))?;
         Ok(FileDevice::new(file, size))
     }
-}
 
-impl FileDevice {
     fn new(file: File, size: u64) -> Self {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
@@ -183,7 +182,7 @@ impl FileDevice {
             .ok();
         FileDevice {
             file,
-            direct_works: std::sync::atomic::AtomicBool::new(direct.is_some()),
+            direct_works: AtomicBool::new(direct.is_some()),
             direct,
             size,
             writing: std::sync::Mutex::new(()),
@@ -192,7 +191,7 @@ impl FileDevice {
 
     /// Whether large reads bypass the host's page cache.
     pub fn reads_direct(&self) -> bool {
-        self.direct_works.load(std::sync::atomic::Ordering::Relaxed)
+        self.direct_works.load(Ordering::Relaxed)
     }
 
     /// A direct read of `len` bytes at `offset`, when it is large and aligned enough and the
@@ -211,8 +210,7 @@ impl FileDevice {
             // The host wants a larger alignment (or, after a short read, got an unaligned
             // offset): buffered reads always work.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                self.direct_works
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.direct_works.store(false, Ordering::Relaxed);
                 None
             }
             Err(e) => Some(Err(Error::io(format!("read {len} bytes at {offset}"), e))),
