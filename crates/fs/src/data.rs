@@ -148,13 +148,6 @@ impl PlannedRead {
     }
 }
 
-/// The `len` bytes from `skip` of whole blocks read: what a read asked for.
-fn window(mut blocks: Vec<u8>, skip: usize, len: usize) -> Vec<u8> {
-    blocks.truncate(skip + len);
-    blocks.drain(..skip);
-    blocks
-}
-
 /// Whether stored extent context bytes say the extent is authenticated (has DATA_MAC items). A
 /// context that does not decode is not: it has no MACs to find.
 pub(crate) fn context_is_authenticated(context: &[u8]) -> bool {
@@ -757,7 +750,8 @@ impl State {
         let (pieces, skip, len) = self
             .file_pieces(obj, it, offset, size, false)?
             .ok_or(Error::Invalid("read plan refused"))?;
-        Ok(window(self.read_pieces(obj, &pieces)?, skip, len))
+        let blocks = store::ReadBuf::from_vec(self.read_pieces(obj, &pieces)?);
+        Ok(blocks.window(skip, len).into_vec())
     }
 
     /// Buffers `data` at `offset` and grows the size; the caller sets times and writes `it`.
