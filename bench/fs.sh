@@ -2,7 +2,7 @@
 # Filesystem benchmark: cowcrypt (plaintext and encrypted) vs gocryptfs vs ext4 (plain and with
 # kernel fscrypt) vs the raw image file, all in the same run, on the same disk.
 #
-#   bench/fs.sh [--fs cowcrypt,cowcrypt-enc,gocryptfs,ext4,ext4-fscrypt,raw] [--size 1G]
+#   bench/fs.sh [--fs cowcrypt,cowcrypt-enc,gocryptfs,ext4,ext4-fscrypt,raw,image] [--size 1G]
 #               [--runtime 20] [--files 10000] [--repeat 3]
 #               [--out FILE]
 #
@@ -19,8 +19,8 @@
 # and the script prints a Markdown table with the ratios cowcrypt/gocryptfs and cowcrypt/ext4
 # against the goals (sequential >= 1.5x gocryptfs, file creation >= gocryptfs), also written to
 # --out (default target/bench-last-run.md). With cowcrypt-enc a second table gives its ratios
-# to plaintext cowcrypt (goal >= 0.9), gocryptfs (seq-write >= 2x, seq-read >= 1x), the raw
-# image file (seq-read >= 0.8) and ext4-fscrypt (no goal).
+# to plaintext cowcrypt (goal >= 0.9), gocryptfs (seq-write >= 2x, seq-read >= 1x), the image
+# file's own bytes (seq-read >= 0.8), a raw file beside it and ext4-fscrypt (no goal).
 #
 # Setup: ext4 on a loop image; gocryptfs (-init -extpass 'echo pw') on a directory of a second
 # ext4 loop image; ext4-fscrypt on a third (mkfs.ext4 -O encrypt), its files in a directory
@@ -28,7 +28,9 @@
 # key added with FS_IOC_ADD_ENCRYPTION_KEY through bench/fscrypt.py); cowcrypt's image a plain
 # file, one mount for both cowcrypt columns (plain/ and enc/ in it, an fscrypt v2 policy on
 # enc/); raw a plain --size file written and read beside it (sequential rows only: the disk and
-# host filesystem under cowcrypt's image). All of it lives in one scratch directory under
+# host filesystem under cowcrypt's image); image (seq-read only, needs cowcrypt-enc) the bytes of
+# cowcrypt's image file that hold enc/seq, read cold by the same fio job as raw, in file order
+# (found with `cowcrypt inspect --json` on a remount before the read rows). All of it lives in one scratch directory under
 # $COWCRYPT_SCRATCH (default /var/tmp; refused if tmpfs), so all share one disk.
 # cowcrypt is $COWCRYPT or target/release/cowcrypt. Needs root, fio, gocryptfs, fuse3, python3.
 # Every mount and loop device is removed on exit, also on failure or Ctrl-C, and the fscrypt
@@ -63,11 +65,15 @@ for tool in fio python3 mkfs.ext4 losetup; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install fio ...)" >&2; exit 1; }
 done
 IFS=, read -r -a FSES <<<"$FSLIST"
+has() { [[ ",$FSLIST," == *",$1,"* ]]; }
 for fs in "${FSES[@]}"; do
     case $fs in
         cowcrypt | cowcrypt-enc) BIN=$(find_cowcrypt "$ROOT") ;;
         gocryptfs) command -v gocryptfs >/dev/null || { echo "missing gocryptfs" >&2; exit 1; } ;;
         ext4 | raw) ;;
+        image)
+            has cowcrypt-enc ||
+                { echo "--fs image reads the bytes of cowcrypt-enc's file: list cowcrypt-enc too" >&2; exit 2; } ;;
         ext4-fscrypt)
             [ -e /sys/fs/ext4/features/encryption ] ||
                 { echo "this kernel's ext4 has no encryption (CONFIG_FS_ENCRYPTION)" >&2; exit 1; } ;;
@@ -163,7 +169,63 @@ setup_fs() {
             # the host filesystem and disk that hold cowcrypt's image.
             mkdir -p "$dir"
             ;;
+        image) ;; # located by locate_image_bytes once enc/seq is written
     esac
+}
+
+# Sets IMAGE_RUNS to the byte ranges ("offset:length ...", in file order, adjacent ones merged)
+# of cowcrypt's image file that hold the encrypted benchmark file enc/seq. inspect reads an
+# unmounted image, so the mount goes away for a moment and comes back with the key added again.
+# It is the largest file whose every extent is encrypted (the only one while the read rows run),
+# and must be --size bytes long.
+IMAGE_RUNS=
+locate_image_bytes() {
+    local root=$WORK/cowcrypt.root
+    umount_one "$root"
+    "$BIN" inspect --json "$WORK/cowcrypt.img" >"$RAW/inspect.json"
+    mnt_cowcrypt "$BIN" "$WORK/cowcrypt.img" "$root" "$RAW/cowcrypt-daemon.log"
+    "$BIN" key add "$root" "$WORK/bench.key" >/dev/null
+    IMAGE_RUNS=$(python3 - "$RAW/inspect.json" "$(numfmt --from=iec "$SIZE")" <<'PY'
+import json, sys
+image, size = json.load(open(sys.argv[1])), int(sys.argv[2])
+files = [i for sv in image["subvolumes"] for i in sv["inodes"]
+         if i["kind"] == "File" and i["extents"] and all(e["crypt_context"] for e in i["extents"])]
+f = max(files, key=lambda i: i["size"])
+if f["size"] != size:
+    sys.exit(f"the largest encrypted file holds {f['size']} bytes, not {size}")
+runs = []
+for e in sorted(f["extents"], key=lambda e: e["file_offset"]):
+    start = e["physical"] + e["offset_in_extent"]
+    if runs and runs[-1][0] + runs[-1][1] == start:
+        runs[-1][1] += e["length"]
+    else:
+        runs.append([start, e["length"]])
+print(" ".join(f"{o}:{n}" for o, n in runs))
+PY
+    )
+    log "enc/seq lies in $(wc -w <<<"$IMAGE_RUNS") run(s) of the image: $IMAGE_RUNS"
+}
+
+# Reads the image's bytes in IMAGE_RUNS in order, cold, as raw's seq-read reads its file (one
+# fio job per run, each waiting for the one before); M is their total MiB/s.
+measure_image_read() {
+    local name=$1 args=() k=0 run
+    for run in $IMAGE_RUNS; do
+        args+=(--name="part$k" --filename="$WORK/cowcrypt.img" --offset="${run%:*}"
+            --size="${run#*:}" --rw=read --bs=1M --ioengine=psync --stonewall)
+        k=$((k + 1))
+    done
+    fio --output-format=json --output="$RAW/$name.json" "${args[@]}" >/dev/null &
+    CHILD=$!
+    wait "$CHILD"
+    CHILD=
+    M=$(python3 - "$RAW/$name.json" <<'PY'
+import json, sys
+jobs = json.load(open(sys.argv[1]))["jobs"]
+done, ms = sum(j["read"]["io_bytes"] for j in jobs), sum(j["read"]["runtime"] for j in jobs)
+print(f"{done / (ms / 1000) / 2**20:.1f}")
+PY
+    )
 }
 
 # One measurement of test $1 on filesystem $2 in round $3, left in M (MiB/s, IOPS or files/s;
@@ -186,8 +248,12 @@ measure() {
             ;;
         seq-read)
             drop_caches
-            run_fio "$fs-$t-$i" "$dir/seq" --rw=read --bs=1M --size="$SIZE"
-            M=$(fio_value "$fs-$t-$i" read bw)
+            if [ "$fs" = image ]; then
+                measure_image_read "$fs-$t-$i"
+            else
+                run_fio "$fs-$t-$i" "$dir/seq" --rw=read --bs=1M --size="$SIZE"
+                M=$(fio_value "$fs-$t-$i" read bw)
+            fi
             ;;
         rand-read)
             drop_caches
@@ -235,13 +301,16 @@ for fs in "${FSES[@]}"; do setup_fs "$fs"; done
 # 12.9-17.5k IOPS right after plaintext cowcrypt's, 21.3k when they came first).
 NFS=${#FSES[@]}
 for t in seq-write-nosync seq-write seq-read rand-read rand-write create; do
+    if [ "$t" = seq-read ] && has image; then locate_image_bytes; fi
     declare -A VALS=()
     for ((i = 1; i <= REPEAT; i++)); do
         for ((k = 0; k < NFS; k++)); do
             if ((i % 2)); then step=$k; else step=$((NFS - 1 - k)); fi
             fs=${FSES[$(((i - 1 + step) % NFS))]}
-            # The raw image file's bandwidth is an anchor for the sequential rows only.
+            # The raw file's bandwidth is an anchor for the sequential rows only, the image
+            # file's bytes for the cold read.
             if [ "$fs" = raw ] && [[ $t != seq-* ]]; then continue; fi
+            if [ "$fs" = image ] && [ "$t" != seq-read ]; then continue; fi
             measure "$t" "$fs" "$i"
             log "$fs: ${DESC[$t]} ($i/$REPEAT): $M"
             VALS[$fs]+=" $M"
@@ -275,7 +344,6 @@ verdict() {
         echo "MISSED (>= $2$3)"
     fi
 }
-has() { [[ ",$FSLIST," == *",$1,"* ]]; }
 # The driver behind the kernel's xts(aes): the one of highest priority in /proc/crypto (listed
 # there once fscrypt has used it).
 kernel_xts_driver() {
@@ -305,14 +373,15 @@ PY
     if has cowcrypt-enc; then
         # Encryption's own goals (the extent-encryption issue): at least 90% of plaintext
         # cowcrypt; sequential write at least 2x gocryptfs; cold read at least gocryptfs and at
-        # least 80% of what the disk gives a plain file (raw). ext4-fscrypt is shown, no goal.
+        # least 80% of the image file's own read bandwidth (image: the very bytes the cold read
+        # decrypts). raw (a file of its own beside the image) and ext4-fscrypt are shown, no goal.
         echo
-        echo "| test | cowcrypt-enc/cowcrypt | goal | cowcrypt-enc/gocryptfs | goal | cowcrypt-enc/raw | goal | cowcrypt-enc/ext4-fscrypt |"
-        echo "|---|---:|---|---:|---|---:|---|---:|"
+        echo "| test | cowcrypt-enc/cowcrypt | goal | cowcrypt-enc/gocryptfs | goal | cowcrypt-enc/image | goal | cowcrypt-enc/raw | cowcrypt-enc/ext4-fscrypt |"
+        echo "|---|---:|---|---:|---|---:|---|---:|---:|"
         declare -A EGOAL=([seq-write]=2.0 [seq-read]=1.0)
-        declare -A RGOAL=([seq-read]=0.8)
+        declare -A IGOAL=([seq-read]=0.8)
         for t in "${TESTS[@]}"; do
-            ep=-; epg=-; eg=-; egg=-; er=-; erg=-; ef=-
+            ep=-; epg=-; eg=-; egg=-; ei=-; eig=-; er=-; ef=-
             enc=$(val cowcrypt-enc "$t")
             if has cowcrypt; then
                 ep=$(ratio "$enc" "$(val cowcrypt "$t")")
@@ -322,12 +391,13 @@ PY
                 eg=$(ratio "$enc" "$(val gocryptfs "$t")")
                 if [ -n "${EGOAL[$t]:-}" ]; then egg=$(verdict "$eg" "${EGOAL[$t]}" x); fi
             fi
-            if has raw; then
-                er=$(ratio "$enc" "$(val raw "$t")")
-                if [ -n "${RGOAL[$t]:-}" ]; then erg=$(verdict "$er" "${RGOAL[$t]}" ""); fi
+            if has image; then
+                ei=$(ratio "$enc" "$(val image "$t")")
+                if [ -n "${IGOAL[$t]:-}" ]; then eig=$(verdict "$ei" "${IGOAL[$t]}" ""); fi
             fi
+            if has raw; then er=$(ratio "$enc" "$(val raw "$t")"); fi
             if has ext4-fscrypt; then ef=$(ratio "$enc" "$(val ext4-fscrypt "$t")"); fi
-            echo "| $t | $ep | $epg | $eg | $egg | $er | $erg | $ef |"
+            echo "| $t | $ep | $epg | $eg | $egg | $ei | $eig | $er | $ef |"
         done
     fi
     echo
@@ -335,6 +405,10 @@ PY
     if has raw; then
         echo
         echo "raw: a plain $SIZE file in the scratch directory (the host filesystem and disk under cowcrypt's image), sequential rows only."
+    fi
+    if has image; then
+        echo
+        echo "image: the bytes of cowcrypt's image file that hold enc/seq ($(wc -w <<<"$IMAGE_RUNS") run(s)), read cold in file order by the same fio job as raw; cold read only."
     fi
     if has ext4-fscrypt; then
         drv=$(kernel_xts_driver)
