@@ -144,20 +144,22 @@ impl<'a> DataIo<'a> {
             Some(crypt) => {
                 let mut tags = vec![0u8; buf.len() / crypt.data_unit_size() * crypt.tag_size()];
                 let mut sums = vec![0u32; buf.len() / self.sector_size];
-                self.in_halves(
-                    &mut buf,
+                // Two halves, on a boundary of both data units and sectors (both powers of
+                // two, so the larger is a multiple of the smaller), for two threads.
+                let align = crypt.data_unit_size().max(self.sector_size);
+                let split = buf.len() / 2 / align * align;
+                let mut halves: Vec<&mut [u8]> = if split == 0 {
+                    vec![&mut buf[..]]
+                } else {
+                    let (first, second) = buf.split_at_mut(split);
+                    vec![first, second]
+                };
+                self.seal(
+                    offset_in_extent,
+                    &mut halves,
                     Some(crypt),
                     &mut tags,
                     &mut sums,
-                    |off, b, t, c| {
-                        let first = first_unit(offset_in_extent + off as u64, crypt);
-                        crypt.encrypt(first, b)?;
-                        crypt.seal(first, b, t)?;
-                        for (sum, sector) in c.iter_mut().zip(b.chunks(self.sector_size)) {
-                            *sum = checksum(sector);
-                        }
-                        Ok(())
-                    },
                 )?;
                 self.dev.write_at(&buf, physical)?;
                 Ok(Written {
@@ -190,47 +192,10 @@ impl<'a> DataIo<'a> {
         }
         let total: usize = pieces.iter().map(|p| p.len()).sum();
         let physical = self.locate(extent, 0, total, crypt)?;
-        let tag_size = crypt.map_or(0, |c| c.tag_size());
-        let mut tags = vec![0u8; total / unit * tag_size];
+        let mut tags = vec![0u8; total / unit * crypt.map_or(0, |c| c.tag_size())];
         let mut sums = vec![0u32; total / self.sector_size];
-        // Pieces from byte `start` of the extent, with their share of the tags and checksums.
-        let work = |start: usize,
-                    pieces: &mut [Box<[u8]>],
-                    mut tags: &mut [u8],
-                    mut sums: &mut [u32]|
-         -> Result<()> {
-            let mut offset = start;
-            for piece in pieces {
-                let n = piece.len();
-                let (piece_tags, rest_tags) = tags.split_at_mut(n / unit * tag_size);
-                let (piece_sums, rest_sums) = sums.split_at_mut(n / self.sector_size);
-                if let Some(crypt) = crypt {
-                    let first = first_unit(offset as u64, crypt);
-                    crypt.encrypt(first, piece)?;
-                    crypt.seal(first, piece, piece_tags)?;
-                }
-                for (sum, sector) in piece_sums.iter_mut().zip(piece.chunks(self.sector_size)) {
-                    *sum = checksum(sector);
-                }
-                (tags, sums) = (rest_tags, rest_sums);
-                offset += n;
-            }
-            Ok(())
-        };
-        if total >= PARALLEL_MIN && pieces.len() >= 2 && cpus() >= 2 {
-            let (first, second) = pieces.split_at_mut(pieces.len() / 2);
-            let split: usize = first.iter().map(|p| p.len()).sum();
-            let (t1, t2) = tags.split_at_mut(split / unit * tag_size);
-            let (c1, c2) = sums.split_at_mut(split / self.sector_size);
-            let work = &work;
-            let (r1, r2) = join(
-                || work(0, first, t1, c1),
-                move || work(split, second, t2, c2),
-            );
-            r1.and(r2.unwrap_or_else(worker_failed))?;
-        } else {
-            work(0, pieces, &mut tags, &mut sums)?;
-        }
+        let mut parts: Vec<&mut [u8]> = pieces.iter_mut().map(|p| &mut p[..]).collect();
+        self.seal(0, &mut parts, crypt, &mut tags, &mut sums)?;
         let bufs: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
         self.dev.write_vectored_at(&bufs, physical)?;
         Ok(Written {
@@ -329,37 +294,65 @@ impl<'a> DataIo<'a> {
         self.sector_size
     }
 
-    /// Runs `work(byte offset, part of buf, its tags, its checksums)` over `buf`: in two parts
-    /// on two threads when the buffer is large and the machine has more than one CPU, split
-    /// on a boundary of both data units and sectors. Encryption, MACs and checksums are the
+    /// Encrypts and seals (with `crypt`) and checksums consecutive `pieces` of an extent in
+    /// place, the first at byte `start` of the extent; `tags` and `sums` get one entry per data
+    /// unit and per sector of them all. Large work runs in two halves of the pieces on two
+    /// threads when the machine has more than one CPU: encryption, MACs and checksums are the
     /// cost of a flush, which runs under the filesystem lock and would otherwise keep one core
-    /// busy while the other waits. `tags` and `sums` hold one entry per data unit and sector.
-    fn in_halves<F>(
+    /// busy while the other waits.
+    fn seal(
         &self,
-        buf: &mut [u8],
+        start: u64,
+        pieces: &mut [&mut [u8]],
         crypt: Option<&dyn DataCrypt>,
         tags: &mut [u8],
         sums: &mut [u32],
-        work: F,
-    ) -> Result<()>
-    where
-        F: Fn(usize, &mut [u8], &mut [u8], &mut [u32]) -> Result<()> + Sync,
-    {
-        let cpus = cpus();
-        let unit = crypt.map_or(self.sector_size, |c| c.data_unit_size());
-        // Both are powers of two, so the larger is a multiple of the smaller.
-        let align = unit.max(self.sector_size);
-        let split = buf.len() / 2 / align * align;
-        if buf.len() < PARALLEL_MIN || split == 0 || cpus < 2 {
-            return work(0, buf, tags, sums);
+    ) -> Result<()> {
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        if total < PARALLEL_MIN || pieces.len() < 2 || cpus() < 2 {
+            return self.seal_in_turn(start, pieces, crypt, tags, sums);
         }
+        let unit = crypt.map_or(self.sector_size, |c| c.data_unit_size());
         let tag_size = crypt.map_or(0, |c| c.tag_size());
-        let (b1, b2) = buf.split_at_mut(split);
-        let (t1, t2) = tags.split_at_mut((split / unit * tag_size).min(tags.len()));
-        let (c1, c2) = sums.split_at_mut((split / self.sector_size).min(sums.len()));
-        let work = &work;
-        let (r1, r2) = join(|| work(0, b1, t1, c1), move || work(split, b2, t2, c2));
+        let (first, second) = pieces.split_at_mut(pieces.len() / 2);
+        let split: usize = first.iter().map(|p| p.len()).sum();
+        let (t1, t2) = tags.split_at_mut(split / unit * tag_size);
+        let (c1, c2) = sums.split_at_mut(split / self.sector_size);
+        let (r1, r2) = join(
+            || self.seal_in_turn(start, first, crypt, t1, c1),
+            move || self.seal_in_turn(start + split as u64, second, crypt, t2, c2),
+        );
         r1.and(r2.unwrap_or_else(worker_failed))
+    }
+
+    /// [`DataIo::seal`] on this thread, one piece after another.
+    fn seal_in_turn(
+        &self,
+        start: u64,
+        pieces: &mut [&mut [u8]],
+        crypt: Option<&dyn DataCrypt>,
+        mut tags: &mut [u8],
+        mut sums: &mut [u32],
+    ) -> Result<()> {
+        let unit = crypt.map_or(self.sector_size, |c| c.data_unit_size());
+        let tag_size = crypt.map_or(0, |c| c.tag_size());
+        let mut offset = start;
+        for piece in pieces {
+            let n = piece.len();
+            let (piece_tags, rest_tags) = tags.split_at_mut(n / unit * tag_size);
+            let (piece_sums, rest_sums) = sums.split_at_mut(n / self.sector_size);
+            if let Some(crypt) = crypt {
+                let first = first_unit(offset, crypt);
+                crypt.encrypt(first, piece)?;
+                crypt.seal(first, piece, piece_tags)?;
+            }
+            for (sum, sector) in piece_sums.iter_mut().zip(piece.chunks(self.sector_size)) {
+                *sum = checksum(sector);
+            }
+            (tags, sums) = (rest_tags, rest_sums);
+            offset += n as u64;
+        }
+        Ok(())
     }
 
     fn verify(
