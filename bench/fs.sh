@@ -93,9 +93,39 @@ remove_fscrypt_key() {
         FSCRYPT_KEY=
     fi
 }
+# This VM reports free memory to its host (virtio-balloon free page reporting): within seconds
+# of being freed, say by drop_caches, pages go back to the host, and whoever touches memory next
+# pays the host to fault them in again. A 1 GiB write through a FUSE mount, which touches two or
+# three times the memory of a plain file's, ran 1.5x slower as the first after 20 s of idle than
+# straight after another (bench/RESULTS.md, run 33). Reporting is stopped for the run (an order
+# above the largest makes no block eligible) and the free memory touched once, so every
+# measurement finds it backed; the old order is restored on exit.
+REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
+REPORTING_WAS=
+stop_page_reporting() {
+    [ -w "$REPORTING" ] || return 0
+    local was
+    was=$(cat "$REPORTING")
+    if echo 11 >"$REPORTING" 2>/dev/null; then
+        REPORTING_WAS=$was
+        log "free page reporting stopped for the run (page_reporting_order $was -> 11)"
+        # Touch what the run may use, so no page of it is still with the host.
+        python3 -c 'b = bytearray(6 << 30)
+for i in range(0, len(b), 4096): b[i] = 1'
+    else
+        log "free page reporting could not be stopped; measurements may pay for host page faults"
+    fi
+}
+restore_page_reporting() {
+    if [ -n "$REPORTING_WAS" ]; then
+        echo "$REPORTING_WAS" >"$REPORTING" || log "could not restore page_reporting_order $REPORTING_WAS"
+        REPORTING_WAS=
+    fi
+}
 cleanup() {
     remove_fscrypt_key
     cleanup_mounts
+    restore_page_reporting
     rm -rf "$WORK"
 }
 CHILD=
@@ -293,6 +323,7 @@ declare -A DESC=([seq-write-nosync]="sequential write ($SIZE), no fsync"
     [rand-write]="random 4 KiB writes (${RUNTIME}s), fsync at the end"
     [create]="creating $NFILES files of 4 KiB, then sync")
 for fs in "${FSES[@]}"; do setup_fs "$fs"; done
+stop_page_reporting
 # Rounds interleave the filesystems (round 1 of every filesystem, then round 2...), so a change
 # in the shared host's disk or load during the run falls on all columns alike; each value is
 # the median of its $REPEAT rounds. Each round starts one filesystem further along the list, and
@@ -405,6 +436,13 @@ PY
     if has raw; then
         echo
         echo "raw: a plain $SIZE file in the scratch directory (the host filesystem and disk under cowcrypt's image), sequential rows only."
+    fi
+    if [ -n "$REPORTING_WAS" ]; then
+        echo
+        echo "free page reporting to the VM's host was stopped during the run (page_reporting_order $REPORTING_WAS -> 11, restored)."
+    elif [ -e "$REPORTING" ]; then
+        echo
+        echo "free page reporting to the VM's host stayed on: freed memory went back to the host within seconds, and measurements paid to fault it in again."
     fi
     if has image; then
         echo
