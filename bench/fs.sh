@@ -30,8 +30,9 @@
 # enc/); raw a plain --size file written and read beside it (sequential rows only: the disk and
 # host filesystem under cowcrypt's image); image (seq-read only, needs cowcrypt-enc) the bytes of
 # cowcrypt's image file that hold enc/seq, read cold by the same fio job as raw, in file order
-# (found with `cowcrypt inspect --json` on a remount before the read rows). All of it lives in one scratch directory under
-# $COWCRYPT_SCRATCH (default /var/tmp; refused if tmpfs), so all share one disk.
+# (found with `cowcrypt inspect --json` on a remount before the read rows). All of it lives in
+# one scratch directory under $COWCRYPT_SCRATCH (default /var/tmp; refused if tmpfs), so all
+# share one disk.
 # cowcrypt is $COWCRYPT or target/release/cowcrypt. Needs root, fio, gocryptfs, fuse3, python3.
 # Every mount and loop device is removed on exit, also on failure or Ctrl-C, and the fscrypt
 # key is removed before its filesystem is unmounted.
@@ -245,10 +246,7 @@ measure_image_read() {
             --size="${run#*:}" --rw=read --bs=1M --ioengine=psync --stonewall)
         k=$((k + 1))
     done
-    fio --output-format=json --output="$RAW/$name.json" "${args[@]}" >/dev/null &
-    CHILD=$!
-    wait "$CHILD"
-    CHILD=
+    run_fio_jobs "$name" "${args[@]}"
     M=$(python3 - "$RAW/$name.json" <<'PY'
 import json, sys
 jobs = json.load(open(sys.argv[1]))["jobs"]

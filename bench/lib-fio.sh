@@ -8,17 +8,24 @@ drop_caches() {
     echo 3 >/proc/sys/vm/drop_caches
 }
 
-# fio job on file $2 with name $1 and the remaining arguments; JSON to $RAW.
-run_fio() {
-    local name=$1 file=$2
-    shift 2
+# fio with the job definitions given after the name $1; JSON to $RAW/$1.json.
+run_fio_jobs() {
+    local name=$1
+    shift
     # In the background and waited for, so Ctrl-C or TERM cleans up at once (bash runs traps
     # only after a foreground child ends).
-    fio --name="$name" --filename="$file" --ioengine=psync --numjobs=1 --fallocate=none \
-        --output-format=json --output="$RAW/$name.json" "$@" >/dev/null &
+    fio --output-format=json --output="$RAW/$name.json" "$@" >/dev/null &
     CHILD=$!
     wait "$CHILD"
     CHILD=
+}
+
+# fio job on file $2 with name $1 and the remaining arguments; JSON to $RAW/$1.json.
+run_fio() {
+    local name=$1 file=$2
+    shift 2
+    run_fio_jobs "$name" --name="$name" --filename="$file" --ioengine=psync --numjobs=1 \
+        --fallocate=none "$@"
 }
 
 # Prints one fio result from $RAW/$1.json: $2 is read or write, $3 is bw (MiB/s) or iops.
