@@ -97,9 +97,9 @@ remove_fscrypt_key() {
 # This VM reports free memory to its host (virtio-balloon free page reporting): within seconds
 # of being freed, say by drop_caches, pages go back to the host, and whoever touches memory next
 # pays the host to fault them in again. A 1 GiB write through a FUSE mount, which touches two or
-# three times the memory of a plain file's, ran 1.5x slower as the first after 20 s of idle than
-# straight after another (bench/RESULTS.md, run 33). Reporting is stopped for the run (an order
-# above the largest makes no block eligible) and the free memory touched once, so every
+# three times the memory of a plain file's, ran about 1.7x slower as the first after 20 s of idle
+# than straight after another (bench/RESULTS.md, run 33). Reporting is stopped for the run (an
+# order above the largest makes no block eligible) and the free memory touched once, so every
 # measurement finds it backed; the old order is restored on exit.
 REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
 REPORTING_WAS=
@@ -142,8 +142,11 @@ cowcrypt_root() {
     if [ ! -e "$WORK/cowcrypt.img" ]; then
         "$BIN" mkfs "$WORK/cowcrypt.img" --size 16G >/dev/null
         mkdir -p "$WORK/cowcrypt.root"
-        mnt_cowcrypt "$BIN" "$WORK/cowcrypt.img" "$WORK/cowcrypt.root" "$RAW/cowcrypt-daemon.log"
+        mount_cowcrypt_root
     fi
+}
+mount_cowcrypt_root() {
+    mnt_cowcrypt "$BIN" "$WORK/cowcrypt.img" "$WORK/cowcrypt.root" "$RAW/cowcrypt-daemon.log"
 }
 
 # Mounts filesystem $1 on $WORK/$1.mnt.
@@ -211,11 +214,10 @@ setup_fs() {
 # and must be --size bytes long.
 IMAGE_RUNS=
 locate_image_bytes() {
-    local root=$WORK/cowcrypt.root
-    umount_one "$root"
+    umount_one "$WORK/cowcrypt.root"
     "$BIN" inspect --json "$WORK/cowcrypt.img" >"$RAW/inspect.json"
-    mnt_cowcrypt "$BIN" "$WORK/cowcrypt.img" "$root" "$RAW/cowcrypt-daemon.log"
-    "$BIN" key add "$root" "$WORK/bench.key" >/dev/null
+    mount_cowcrypt_root
+    "$BIN" key add "$WORK/cowcrypt.root" "$WORK/bench.key" >/dev/null
     IMAGE_RUNS=$(python3 - "$RAW/inspect.json" "$(numfmt --from=iec "$SIZE")" <<'PY'
 import json, sys
 image, size = json.load(open(sys.argv[1])), int(sys.argv[2])
