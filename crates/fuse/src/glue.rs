@@ -38,10 +38,11 @@ const MAX_WRITE: u32 = 1 << 20;
 
 /// Requests the kernel keeps queued in the background, its read-ahead among them (fuser asks
 /// for 16, and the kernel's read-ahead stops adding requests at three quarters of it, the
-/// congestion threshold). Large reads go around the host's page cache
-/// (store::device::DIRECT_READ_MIN), so each worker waits for the disk; with more requests
-/// queued every worker always has one. On one mount, cold 1 GiB direct reads went from about
-/// 1.0-1.1 to 1.3-1.5 GB/s with 64 (bench/RESULTS.md, run 24).
+/// congestion threshold). Each worker waits for its device read; with more requests queued
+/// every worker always has one. Cold 1 GiB reads, alternating at runtime on one mount: with
+/// direct reads, about 1.0-1.1 GB/s at 16 against 1.3-1.5 at 64 (bench/RESULTS.md, run 24);
+/// with reads through the host's cache, 1.2-1.3 against 1.7-2.1, and no gain at 128 or 256
+/// (run 35).
 const MAX_BACKGROUND: u16 = 64;
 
 /// Longest copy_file_range answered at once: the reply's count is 32 bits; whole pages.

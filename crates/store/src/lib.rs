@@ -4,8 +4,8 @@
 //! The store knows nothing of files, names or keys. Data it is asked to encrypt goes through one
 //! I/O path that takes an optional crypt context supplied by the
 //! layer above, the way blk-crypto serves Linux filesystems.
-// `unsafe` is allowed in two places alone: `sync_file_range` (FileDevice::start_writeback),
-// which rustix does not wrap, and the page-aligned memory `O_DIRECT` reads need (read_buf).
+// `unsafe` is allowed in one place alone: `sync_file_range` (FileDevice::start_writeback),
+// which rustix does not wrap (and, in a test, `mincore` to see what the host's cache holds).
 #![deny(unsafe_code)]
 
 pub mod alloc;
