@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pools the rounds of several bench/fs.sh runs and judges encryption's goals on them.
+"""Pools the rounds of several bench/fs.sh runs and judges the goals of bench/goals on them.
 
     bench/pool.py RUN.log [RUN.log ...]
 
@@ -7,9 +7,11 @@ Each RUN.log is what bench/fs.sh printed on stderr (one line per measurement, "[
 description (round/rounds): value"). On this host one run's medians still move by more than the
 10% the goals leave (bench/RESULTS.md, runs 30-32), and each run misses a different row; pooling
 the rounds of several runs of the same build gives each median more samples. Prints, per test,
-the pooled median of every filesystem, then cowcrypt-enc's ratios with their goals (the table
-fs.sh prints), each ratio also per run, so a pooled verdict can be checked against the runs.
+the pooled median of every filesystem, then every ratio that has a goal in bench/goals (the
+goals fs.sh judges by), each ratio also per run, so a pooled verdict can be checked against
+the runs.
 """
+import os
 import re
 import statistics
 import sys
@@ -24,10 +26,28 @@ TESTS = [
     ("rand-write", re.compile(r"random 4 KiB writes ")),
     ("create", re.compile(r"creating \d+ files ")),
 ]
-# (test, anchor) -> least ratio of cowcrypt-enc to the anchor (fs.sh's second table).
-GOALS = {(t, "cowcrypt"): 0.9 for t, _ in TESTS}
-GOALS.update({("seq-write", "gocryptfs"): 2.0, ("seq-read", "gocryptfs"): 1.0,
-              ("seq-read", "image"): 0.8})
+GOALS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goals")
+
+
+def read_goals(path=GOALS_FILE):
+    """{(subject, anchor, test): least ratio} from bench/goals, the file fs.sh judges by too."""
+    tests = [t for t, _ in TESTS]
+    goals = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            try:
+                subject, anchor, test, least = words
+                least = float(least)
+            except ValueError:
+                sys.exit(f"{path}:{n}: want 'subject anchor test least': {line.strip()}")
+            if test != "*" and test not in tests:
+                sys.exit(f"{path}:{n}: unknown test {test}")
+            for t in tests if test == "*" else [test]:
+                goals[(subject, anchor, t)] = least
+    return goals
 
 
 def parse(path):
@@ -69,21 +89,22 @@ def main(paths):
             cells.append(f"{median(vals):.1f} ({len(vals)})" if vals else "-")
         print(f"| {test} | " + " | ".join(cells) + " |")
     print()
-    print("| test | anchor | pooled ratio | goal | per run |")
+    print("| test | ratio | pooled | goal | per run |")
     print("|---|---|---:|---|---|")
     missed = 0
-    for (test, anchor), goal in GOALS.items():
-        enc, base = pooled.get((test, "cowcrypt-enc")), pooled.get((test, anchor))
-        if not enc or not base:
+    for (subject, anchor, test), goal in read_goals().items():
+        top, base = pooled.get((test, subject)), pooled.get((test, anchor))
+        if not top or not base:
             continue
-        ratio = median(enc) / median(base)
+        ratio = median(top) / median(base)
         per_run = []
         for run in runs:
-            e, b = run.get((test, "cowcrypt-enc")), run.get((test, anchor))
-            per_run.append(f"{median(e) / median(b):.2f}" if e and b else "-")
+            t, b = run.get((test, subject)), run.get((test, anchor))
+            per_run.append(f"{median(t) / median(b):.2f}" if t and b else "-")
         verdict = "met" if ratio >= goal else "MISSED"
         missed += verdict == "MISSED"
-        print(f"| {test} | {anchor} | {ratio:.2f} | {verdict} (>= {goal}) | {', '.join(per_run)} |")
+        print(f"| {test} | {subject}/{anchor} | {ratio:.2f} | {verdict} (>= {goal}) "
+              f"| {', '.join(per_run)} |")
     return 1 if missed else 0
 
 
