@@ -370,14 +370,20 @@ val() { echo "${R[$1,$2]:--}"; }
 ratio() {
     if [ "$1" = - ] || [ "$2" = - ]; then echo -; else python3 -c "print(f'{$1 / $2:.2f}')"; fi
 }
-# "met (>= $2$3)" or "MISSED (>= $2$3)" for the ratio $1; "-" if there is no ratio.
-verdict() {
-    if [ "$1" = - ]; then
+# The verdict on $1's median against $2's in test $3 by bench/goals: "met (>= G$4)" or
+# "MISSED (>= G$4)", on the exact ratio (as bench/pool.py judges), not the rounded one shown;
+# "-" without a goal or a value.
+judge() {
+    local g a b
+    g=$(goal_of "$1" "$2" "$3")
+    a=$(val "$1" "$3")
+    b=$(val "$2" "$3")
+    if [ -z "$g" ] || [ "$a" = - ] || [ "$b" = - ]; then
         echo -
-    elif python3 -c "import sys; sys.exit(0 if $1 >= $2 else 1)"; then
-        echo "met (>= $2$3)"
+    elif python3 -c "import sys; sys.exit(0 if $a / $b >= $g else 1)"; then
+        echo "met (>= $g$4)"
     else
-        echo "MISSED (>= $2$3)"
+        echo "MISSED (>= $g$4)"
     fi
 }
 # The driver behind the kernel's xts(aes): the one of highest priority in /proc/crypto (listed
@@ -401,8 +407,7 @@ PY
         cg=-; ce=-; goal=-
         if has cowcrypt && has gocryptfs; then
             cg=$(ratio "$(val cowcrypt "$t")" "$(val gocryptfs "$t")")
-            g=$(goal_of cowcrypt gocryptfs "$t")
-            if [ -n "$g" ]; then goal=$(verdict "$cg" "$g" "x gocryptfs"); fi
+            goal=$(judge cowcrypt gocryptfs "$t" "x gocryptfs")
         fi
         if has cowcrypt && has ext4; then ce=$(ratio "$(val cowcrypt "$t")" "$(val ext4 "$t")"); fi
         echo "$row $cg | $ce | $goal |"
@@ -419,18 +424,15 @@ PY
             enc=$(val cowcrypt-enc "$t")
             if has cowcrypt; then
                 ep=$(ratio "$enc" "$(val cowcrypt "$t")")
-                g=$(goal_of cowcrypt-enc cowcrypt "$t")
-                if [ -n "$g" ]; then epg=$(verdict "$ep" "$g" ""); fi
+                epg=$(judge cowcrypt-enc cowcrypt "$t" "")
             fi
             if has gocryptfs; then
                 eg=$(ratio "$enc" "$(val gocryptfs "$t")")
-                g=$(goal_of cowcrypt-enc gocryptfs "$t")
-                if [ -n "$g" ]; then egg=$(verdict "$eg" "$g" x); fi
+                egg=$(judge cowcrypt-enc gocryptfs "$t" x)
             fi
             if has image; then
                 ei=$(ratio "$enc" "$(val image "$t")")
-                g=$(goal_of cowcrypt-enc image "$t")
-                if [ -n "$g" ]; then eig=$(verdict "$ei" "$g" ""); fi
+                eig=$(judge cowcrypt-enc image "$t" "")
             fi
             if has raw; then er=$(ratio "$enc" "$(val raw "$t")"); fi
             if has ext4-fscrypt; then ef=$(ratio "$enc" "$(val ext4-fscrypt "$t")"); fi
