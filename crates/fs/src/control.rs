@@ -146,19 +146,42 @@ struct Envelope<T> {
     body: T,
 }
 
+/// Writes into a vector without growing it: a frame is built in place, in room for the
+/// largest, so no outgrown copy of it (a request may hold a master key) is left in freed memory.
+struct InPlace<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for InPlace<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.capacity() - self.0.len() < bytes.len() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn encode_frame<T: Serialize>(body: T) -> Result<Vec<u8>> {
-    let json = serde_json::to_vec(&Envelope {
+    // Wiped if encoding fails half way.
+    let mut frame = zeroize::Zeroizing::new(Vec::with_capacity(FRAME_SIZE));
+    frame.extend_from_slice(&[0; LEN_BYTES]);
+    let envelope = Envelope {
         version: PROTOCOL_VERSION,
         body,
-    })
-    .map_err(|_| Error::Invalid("control message does not encode"))?;
-    if json.len() > MAX_PAYLOAD {
+    };
+    match serde_json::to_writer(InPlace(&mut frame), &envelope) {
+        Ok(()) => {}
+        Err(e) if e.is_io() => return Err(Error::ValueTooBig),
+        Err(_) => return Err(Error::Invalid("control message does not encode")),
+    }
+    if frame.len() > FRAME_SIZE {
         return Err(Error::ValueTooBig);
     }
-    let mut out = Vec::with_capacity(LEN_BYTES + json.len());
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    out.extend_from_slice(&json);
-    Ok(out)
+    let len = (frame.len() - LEN_BYTES) as u32;
+    frame[..LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+    Ok(std::mem::take(&mut *frame))
 }
 
 fn decode_frame<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> Result<T> {
@@ -428,6 +451,40 @@ mod tests {
         let mut f = (unknown.len() as u32).to_le_bytes().to_vec();
         f.extend_from_slice(unknown);
         assert_eq!(Request::decode(&f).unwrap_err().errno(), libc::EINVAL);
+    }
+
+    /// A key is decoded into room for the largest from the start (no outgrown copies), and a
+    /// frame is built in one buffer of a frame's size; a key too long, or a message too large
+    /// for a frame, is an error.
+    #[test]
+    fn keys_decode_without_outgrown_copies() {
+        let r = Request::KeyAdd {
+            key: RawKey((1..=20).collect()),
+        };
+        let frame = r.encode().unwrap();
+        assert_eq!(frame.capacity(), FRAME_SIZE);
+        let Request::KeyAdd { key } = Request::decode(&frame).unwrap() else {
+            panic!("not a key")
+        };
+        assert_eq!(key.0, (1..=20).collect::<Vec<u8>>());
+        assert_eq!(key.0.capacity(), fscrypt::MAX_KEY_SIZE);
+        let largest = Request::KeyAdd {
+            key: RawKey(vec![7; fscrypt::MAX_KEY_SIZE]),
+        };
+        assert_eq!(
+            Request::decode(&largest.encode().unwrap()).unwrap(),
+            largest
+        );
+        let too_long = Request::KeyAdd {
+            key: RawKey(vec![7; fscrypt::MAX_KEY_SIZE + 1]),
+        };
+        let err = Request::decode(&too_long.encode().unwrap()).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        let huge = Request::SubvolumeCreate {
+            name: vec![b'a'; MAX_PAYLOAD],
+            mode: 0,
+        };
+        assert!(matches!(huge.encode(), Err(Error::ValueTooBig)));
     }
 
     #[test]

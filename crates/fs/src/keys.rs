@@ -11,12 +11,39 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::types::Caller;
 
-/// A raw master key in transit (a control request): wiped on drop, never printed.
-#[derive(
-    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
-)]
+/// A raw master key in transit (a control request): wiped on drop, never printed. Decoded
+/// into room for the largest key from the start: a vector grown byte by byte would leave the
+/// smaller copies it outgrew, each holding the key's first bytes, in freed memory.
+#[derive(Clone, PartialEq, Eq, Serialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 #[serde(transparent)]
 pub struct RawKey(pub Vec<u8>);
+
+impl<'de> Deserialize<'de> for RawKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct KeyBytes;
+        impl<'de> serde::de::Visitor<'de> for KeyBytes {
+            type Value = RawKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a master key of at most {} bytes", fscrypt::MAX_KEY_SIZE)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<RawKey, A::Error> {
+                // Wiped on drop, also when an error below abandons it half read.
+                let mut key = RawKey(Vec::with_capacity(fscrypt::MAX_KEY_SIZE));
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    if key.0.len() == fscrypt::MAX_KEY_SIZE {
+                        return Err(serde::de::Error::invalid_length(key.0.len() + 1, &self));
+                    }
+                    key.0.push(byte);
+                }
+                Ok(key)
+            }
+        }
+        d.deserialize_seq(KeyBytes)
+    }
+}
 
 impl std::fmt::Debug for RawKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -67,5 +67,5 @@ pub mod symlink;
 pub mod xts;
 
 pub use error::{Error, Result};
-pub use master_key::{KeyIdentifier, MasterKey};
+pub use master_key::{KeyIdentifier, MAX_KEY_SIZE, MasterKey};
 pub use policy::{ContentsMode, FilenamesMode, Padding, PolicyV2};
