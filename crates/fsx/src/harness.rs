@@ -175,6 +175,11 @@ impl CowcryptMount {
         &self.dir
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// The daemon's log so far (for failure messages).
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
