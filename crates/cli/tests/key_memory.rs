@@ -19,28 +19,39 @@ const PIECE: usize = 16;
 /// Key bytes in the shortest piece of its text looked for.
 const TEXT_PIECE: usize = 8;
 
-/// Every piece of `key` worth finding: each `PIECE` bytes of it, and each `TEXT_PIECE` of its
-/// bytes as the control channel writes them (decimal, comma-separated).
-fn pieces_of(key: &[u8]) -> Vec<Vec<u8>> {
+/// A piece of a key looked for, and which form of the key it is from.
+struct Piece {
+    kind: &'static str,
+    bytes: Vec<u8>,
+}
+
+/// Every piece of `key` worth finding: each `PIECE` bytes of it ("bytes"), and each
+/// `TEXT_PIECE` of its bytes as the control channel writes them, decimal and comma-separated
+/// ("text").
+fn pieces_of(key: &[u8]) -> Vec<Piece> {
     let numbers: Vec<String> = key.iter().map(u8::to_string).collect();
-    let raw = key.windows(PIECE).map(<[u8]>::to_vec);
-    let text = numbers
-        .windows(TEXT_PIECE)
-        .map(|w| w.join(",").into_bytes());
+    let raw = key.windows(PIECE).map(|w| Piece {
+        kind: "bytes",
+        bytes: w.to_vec(),
+    });
+    let text = numbers.windows(TEXT_PIECE).map(|w| Piece {
+        kind: "text",
+        bytes: w.join(",").into_bytes(),
+    });
     raw.chain(text).collect()
 }
 
-/// The offsets in `data` where one of `pieces` starts, each with the piece's index (a table of
-/// their first two bytes keeps the scan of a few hundred MiB quick).
-fn find_pieces(data: &[u8], pieces: &[Vec<u8>]) -> Vec<(usize, usize)> {
+/// The offsets in `data` where one of `pieces` starts, each with that piece (a table of their
+/// first two bytes keeps the scan of a few hundred MiB quick).
+fn find_pieces<'p>(data: &[u8], pieces: &'p [Piece]) -> Vec<(usize, &'p Piece)> {
     let mut first_two = vec![false; 1 << 16];
     for p in pieces {
-        first_two[usize::from(p[0]) << 8 | usize::from(p[1])] = true;
+        first_two[usize::from(p.bytes[0]) << 8 | usize::from(p.bytes[1])] = true;
     }
     let mut found = Vec::new();
     for i in 0..data.len().saturating_sub(1) {
         if first_two[usize::from(data[i]) << 8 | usize::from(data[i + 1])]
-            && let Some(piece) = pieces.iter().position(|p| data[i..].starts_with(p))
+            && let Some(piece) = pieces.iter().find(|p| data[i..].starts_with(&p.bytes))
         {
             found.push((i, piece));
         }
@@ -71,12 +82,7 @@ fn copies_in(pid: u32, key: &[u8]) -> Vec<String> {
             continue;
         }
         for (at, piece) in find_pieces(&data, &pieces) {
-            let kind = if piece < key.len() - PIECE + 1 {
-                "bytes"
-            } else {
-                "text"
-            };
-            copies.push(format!("{kind} {name} {}+{at:#x}", fields[0]));
+            copies.push(format!("{} {name} {}+{at:#x}", piece.kind, fields[0]));
         }
     }
     copies
